@@ -1,0 +1,230 @@
+//! What a file system driver implements: the vnode operations, in inode numbers.
+//!
+//! A driver is a [`crate::Component`] that, once mounted, hands the kernel an
+//! `Arc<dyn FileSystem>`. The kernel owns the vnode cache, credentials, permission checks and
+//! the buffer cache; the driver owns the on-disk format. A driver trusts nothing on disk: every
+//! value is checked, and a bad one is `EIO` with a log line naming the inode or block.
+
+use crate::errno::{Errno, KResult};
+use crate::hypercall::Timespec;
+use core::any::Any;
+use core::fmt;
+
+/// An inode number, as the file system numbers its files.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ino(pub u64);
+
+impl fmt::Debug for Ino {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ino {}", self.0)
+    }
+}
+impl fmt::Display for Ino {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The type of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileType {
+    Regular,
+    Directory,
+    Symlink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
+}
+
+impl FileType {
+    /// The `S_IFMT` bits of this type.
+    pub fn mode_bits(self) -> u32 {
+        match self {
+            FileType::Fifo => 0o010000,
+            FileType::CharDevice => 0o020000,
+            FileType::Directory => 0o040000,
+            FileType::BlockDevice => 0o060000,
+            FileType::Regular => 0o100000,
+            FileType::Symlink => 0o120000,
+            FileType::Socket => 0o140000,
+        }
+    }
+
+    /// The type named by the `S_IFMT` bits of `mode`, if they name one.
+    pub fn from_mode(mode: u32) -> Option<FileType> {
+        Some(match mode & 0o170000 {
+            0o010000 => FileType::Fifo,
+            0o020000 => FileType::CharDevice,
+            0o040000 => FileType::Directory,
+            0o060000 => FileType::BlockDevice,
+            0o100000 => FileType::Regular,
+            0o120000 => FileType::Symlink,
+            0o140000 => FileType::Socket,
+            _ => return None,
+        })
+    }
+}
+
+/// Attributes of a file, as stat(2) shows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: FileType,
+    /// Permission bits and setuid/setgid/sticky (`0o7777`), without the type.
+    pub perm: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Space used, in 512-byte units.
+    pub blocks: u64,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+    /// Birth time, where the format keeps one.
+    pub crtime: Option<Timespec>,
+    /// Device number for character and block devices (Linux `dev_t` encoding).
+    pub rdev: u32,
+    /// Preferred I/O size.
+    pub blksize: u32,
+    /// File flags (BSD `st_flags` or ext2 `i_flags`), informational.
+    pub flags: u32,
+}
+
+/// One directory entry handed to a readdir sink.
+#[derive(Clone, Debug)]
+pub struct DirEntry<'a> {
+    pub ino: Ino,
+    pub kind: FileType,
+    pub name: &'a [u8],
+    /// Cookie that resumes reading *after* this entry.
+    pub next: u64,
+}
+
+/// File system statistics (statvfs).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatFs {
+    /// Fundamental block size, bytes.
+    pub bsize: u32,
+    /// Total blocks (in `bsize` units).
+    pub blocks: u64,
+    pub bfree: u64,
+    /// Blocks available to unprivileged users.
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub namemax: u32,
+}
+
+/// A driver's in-memory inode, kept in the vnode (NetBSD's `v_data`).
+pub type NodeData = Box<dyn Any + Send + Sync>;
+
+/// Maximum length of one name component, bytes.
+pub const NAME_MAX: usize = 255;
+
+/// The vnode operations a mounted file system provides.
+///
+/// Operations take the vnode whose `data` the driver produced in [`FileSystem::vget`]; the
+/// kernel has already checked permissions. Operations a driver does not implement default to
+/// `EOPNOTSUPP` (writes: `EROFS`), so a driver grows one operation at a time.
+pub trait FileSystem: Send + Sync {
+    /// Inode number of the root directory.
+    fn root(&self) -> Ino;
+
+    /// Reads and validates inode `ino`. Fails: `EIO` (corrupt), `ENOENT` (free inode),
+    /// `ESTALE` (out of range).
+    fn vget(&self, ino: Ino) -> KResult<NodeData>;
+
+    /// Attributes of the file.
+    fn getattr(&self, vn: &Vnode) -> KResult<Attr>;
+
+    /// Finds `name` (one component, never `.`/`..` handling beyond what the directory holds)
+    /// in directory `dir`. Fails: `ENOENT`, `ENOTDIR`, `EIO`.
+    fn lookup(&self, dir: &Vnode, name: &[u8]) -> KResult<Ino>;
+
+    /// Lists directory entries starting at `cookie` (0: the start). Calls `sink` for each entry
+    /// in order until it returns `false` (reply full) or the directory ends.
+    fn readdir(
+        &self,
+        dir: &Vnode,
+        cookie: u64,
+        sink: &mut dyn FnMut(&DirEntry<'_>) -> bool,
+    ) -> KResult<()>;
+
+    /// Reads up to `buf.len()` bytes at `off`; returns the count (0 at or past EOF).
+    /// `readahead` is how many bytes past this request the kernel expects to be read next
+    /// (0 when access is not sequential); the driver may prefetch them.
+    fn read(&self, vn: &Vnode, off: u64, buf: &mut [u8], readahead: u64) -> KResult<usize>;
+
+    /// Target of a symbolic link.
+    fn readlink(&self, vn: &Vnode) -> KResult<Vec<u8>>;
+
+    /// Value of extended attribute `name` (full name, e.g. `user.comment`). Fails: `ENODATA`.
+    fn getxattr(&self, _vn: &Vnode, _name: &[u8]) -> KResult<Vec<u8>> {
+        Err(Errno::ENODATA)
+    }
+
+    /// Names of all extended attributes (full names).
+    fn listxattr(&self, _vn: &Vnode) -> KResult<Vec<Vec<u8>>> {
+        Ok(Vec::new())
+    }
+
+    /// File system statistics.
+    fn statfs(&self) -> KResult<StatFs>;
+
+    /// Writes every dirty buffer and the superblock. Blocks.
+    fn sync(&self) -> KResult<()> {
+        Ok(())
+    }
+
+    /// Called once when the mount goes away, after the last operation: flush, mark clean.
+    fn unmount(&self) -> KResult<()> {
+        self.sync()
+    }
+}
+
+/// A vnode: one file of one mount, cached by the kernel while FUSE (or an open file, or a
+/// path walk) refers to it.
+pub struct Vnode {
+    /// Inode number within its file system.
+    pub ino: Ino,
+    /// The driver's in-memory inode.
+    pub data: NodeData,
+    pub(crate) nlookup: std::sync::atomic::AtomicU64,
+    pub(crate) last_read_end: std::sync::atomic::AtomicU64,
+    pub(crate) ra_window: std::sync::atomic::AtomicU64,
+}
+
+impl Vnode {
+    /// Wraps driver data in a fresh vnode (lookup count 0).
+    pub fn new(ino: Ino, data: NodeData) -> Vnode {
+        Vnode {
+            ino,
+            data,
+            nlookup: Default::default(),
+            last_read_end: Default::default(),
+            ra_window: Default::default(),
+        }
+    }
+
+    /// The driver's data, as the type the driver stored. A mismatch (a bug) is `EIO`.
+    pub fn data<T: 'static>(&self) -> KResult<&T> {
+        self.data.downcast_ref::<T>().ok_or_else(|| {
+            log::error!("vnode {}: driver data of unexpected type", self.ino);
+            Errno::EIO
+        })
+    }
+
+    /// How many FUSE lookups currently refer to this vnode.
+    pub fn lookup_count(&self) -> u64 {
+        self.nlookup.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for Vnode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vnode").field("ino", &self.ino).field("nlookup", &self.lookup_count()).finish()
+    }
+}

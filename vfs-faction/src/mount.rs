@@ -1,0 +1,489 @@
+//! A mounted file system: the vnode cache and the vnode operations as front ends call them
+//! (credentials in, permission checks done here, then the driver).
+
+use crate::component::Mounted;
+use crate::cred::{check_access, Cred, R_OK, W_OK, X_OK};
+use crate::errno::{Errno, KResult};
+use crate::fs::{Attr, DirEntry, FileSystem, FileType, Ino, StatFs, Vnode, NAME_MAX};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Symbolic links followed in one path walk before `ELOOP` (Linux: 40).
+pub const MAXSYMLINKS: u32 = 40;
+
+/// Smallest and largest sequential read-ahead window, bytes.
+const RA_MIN: u64 = 128 << 10;
+const RA_MAX: u64 = 4 << 20;
+
+/// How a file is opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenFlags {
+    pub read: bool,
+    pub write: bool,
+    pub truncate: bool,
+}
+
+impl OpenFlags {
+    /// From open(2) flags (`O_ACCMODE`, `O_TRUNC`).
+    pub fn from_raw(flags: i32) -> OpenFlags {
+        let acc = flags & 3;
+        OpenFlags { read: acc == 0 || acc == 2, write: acc == 1 || acc == 2, truncate: flags & 0o1000 != 0 }
+    }
+}
+
+/// A mounted file system.
+pub struct Mount {
+    id: u32,
+    fstype: String,
+    source: String,
+    fs: Arc<dyn FileSystem>,
+    read_only: bool,
+    warnings: Vec<String>,
+    root: Arc<Vnode>,
+    vnodes: Mutex<HashMap<Ino, Arc<Vnode>>>,
+    unmounted: AtomicBool,
+}
+
+impl Mount {
+    pub(crate) fn new(id: u32, fstype: String, source: String, m: Mounted) -> KResult<Arc<Mount>> {
+        let root_ino = m.fs.root();
+        let root = Arc::new(Vnode::new(root_ino, m.fs.vget(root_ino)?));
+        let attr = m.fs.getattr(&root)?;
+        if attr.kind != FileType::Directory {
+            log::error!("{source}: root inode {root_ino} is not a directory");
+            return Err(Errno::EIO);
+        }
+        let mut vnodes = HashMap::new();
+        vnodes.insert(root_ino, root.clone());
+        Ok(Arc::new(Mount {
+            id,
+            fstype,
+            source,
+            fs: m.fs,
+            read_only: m.read_only,
+            warnings: m.warnings,
+            root,
+            vnodes: Mutex::new(vnodes),
+            unmounted: AtomicBool::new(false),
+        }))
+    }
+
+    /// Mount number within its kernel.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+    /// File system type (`ext4`).
+    pub fn fstype(&self) -> &str {
+        &self.fstype
+    }
+    /// What was mounted (image path, `host:/path`).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+    /// Mounted read-only.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+    /// Warnings the driver gave at mount time.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+    /// Root inode number.
+    pub fn root(&self) -> Ino {
+        self.root.ino
+    }
+    /// The driver (for front ends that need driver-specific calls, e.g. fsck).
+    pub fn fs(&self) -> &Arc<dyn FileSystem> {
+        &self.fs
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<Ino, Arc<Vnode>>> {
+        self.vnodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of vnodes cached (for leak tests).
+    pub fn vnode_count(&self) -> usize {
+        self.table().len()
+    }
+
+    /// The cached vnode of `ino`, or a freshly read one (cached until released).
+    pub fn vnode(&self, ino: Ino) -> KResult<Arc<Vnode>> {
+        if let Some(v) = self.table().get(&ino) {
+            return Ok(v.clone());
+        }
+        // Read the inode outside the table lock: it may block on I/O.
+        let vn = Arc::new(Vnode::new(ino, self.fs.vget(ino)?));
+        Ok(self.table().entry(ino).or_insert(vn).clone())
+    }
+
+    /// Drops a vnode reference taken by [`Mount::vnode`]; the vnode leaves the cache when no
+    /// FUSE lookup and no other holder refers to it any more.
+    pub fn release(&self, vn: Arc<Vnode>) {
+        let ino = vn.ino;
+        drop(vn);
+        self.maybe_evict(ino);
+    }
+
+    fn maybe_evict(&self, ino: Ino) {
+        if ino == self.root.ino {
+            return;
+        }
+        let mut t = self.table();
+        if let Some(v) = t.get(&ino) {
+            if v.lookup_count() == 0 && Arc::strong_count(v) == 1 {
+                t.remove(&ino);
+            }
+        }
+    }
+
+    /// Attributes of `ino`.
+    pub fn getattr(&self, ino: Ino) -> KResult<Attr> {
+        let vn = self.vnode(ino)?;
+        let r = self.fs.getattr(&vn);
+        self.release(vn);
+        r
+    }
+
+    fn dir_search(&self, cred: &Cred, dir: &Vnode) -> KResult<Attr> {
+        let a = self.fs.getattr(dir)?;
+        if a.kind != FileType::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        check_access(&a, cred, X_OK)?;
+        Ok(a)
+    }
+
+    fn lookup_vnode(&self, cred: &Cred, dir: &Vnode, name: &[u8]) -> KResult<Arc<Vnode>> {
+        if name.len() > NAME_MAX {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+            return Err(Errno::EINVAL);
+        }
+        self.dir_search(cred, dir)?;
+        if name == b"." {
+            return self.vnode(dir.ino);
+        }
+        if name == b".." && dir.ino == self.root.ino {
+            return Ok(self.root.clone());
+        }
+        let ino = self.fs.lookup(dir, name)?;
+        self.vnode(ino)
+    }
+
+    /// FUSE lookup: finds `name` in `dir` (search permission needed) and counts one lookup
+    /// reference on the result, to be dropped by [`Mount::forget`].
+    pub fn lookup(&self, cred: &Cred, dir: Ino, name: &[u8]) -> KResult<Attr> {
+        let d = self.vnode(dir)?;
+        let r = self.lookup_vnode(cred, &d, name);
+        self.release(d);
+        let vn = r?;
+        match self.fs.getattr(&vn) {
+            Ok(a) => {
+                vn.nlookup.fetch_add(1, Ordering::AcqRel);
+                Ok(a)
+            }
+            Err(e) => {
+                self.release(vn);
+                Err(e)
+            }
+        }
+    }
+
+    /// FUSE forget: drops `n` lookup references.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        if ino == self.root.ino {
+            return;
+        }
+        let t = self.table();
+        if let Some(v) = t.get(&ino) {
+            let prev = v.nlookup.load(Ordering::Acquire);
+            if n > prev {
+                log::warn!("forget of {ino}: {n} references dropped, only {prev} held");
+            }
+            v.nlookup.store(prev.saturating_sub(n), Ordering::Release);
+        } else {
+            log::warn!("forget of {ino}, which is not cached");
+        }
+        drop(t);
+        self.maybe_evict(ino);
+    }
+
+    /// access(2): checks `mask` (R_OK, W_OK, X_OK; 0 for existence) on `ino`.
+    pub fn access(&self, cred: &Cred, ino: Ino, mask: u32) -> KResult<()> {
+        let a = self.getattr(ino)?;
+        if mask & W_OK != 0 && self.read_only && !matches!(a.kind, FileType::CharDevice | FileType::BlockDevice | FileType::Fifo | FileType::Socket) {
+            return Err(Errno::EROFS);
+        }
+        check_access(&a, cred, mask)
+    }
+
+    /// Opens a file: checks read/write permission and returns the vnode the handle holds
+    /// (give it back with [`Mount::release`]).
+    pub fn open(&self, cred: &Cred, ino: Ino, flags: OpenFlags) -> KResult<Arc<Vnode>> {
+        let vn = self.vnode(ino)?;
+        let r = (|| {
+            let a = self.fs.getattr(&vn)?;
+            if a.kind == FileType::Directory && (flags.write || flags.truncate) {
+                return Err(Errno::EISDIR);
+            }
+            if (flags.write || flags.truncate) && self.read_only {
+                return Err(Errno::EROFS);
+            }
+            let mut mask = 0;
+            if flags.read {
+                mask |= R_OK;
+            }
+            if flags.write || flags.truncate {
+                mask |= W_OK;
+            }
+            check_access(&a, cred, mask)
+        })();
+        match r {
+            Ok(()) => Ok(vn),
+            Err(e) => {
+                self.release(vn);
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens a directory for reading (read permission needed).
+    pub fn opendir(&self, cred: &Cred, ino: Ino) -> KResult<Arc<Vnode>> {
+        let vn = self.vnode(ino)?;
+        let r = self.fs.getattr(&vn).and_then(|a| {
+            if a.kind != FileType::Directory {
+                return Err(Errno::ENOTDIR);
+            }
+            check_access(&a, cred, R_OK)
+        });
+        match r {
+            Ok(()) => Ok(vn),
+            Err(e) => {
+                self.release(vn);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads from an open file, tracking sequential access for read-ahead.
+    pub fn read(&self, vn: &Vnode, off: u64, buf: &mut [u8]) -> KResult<usize> {
+        let end = off.saturating_add(buf.len() as u64);
+        let last = vn.last_read_end.swap(end, Ordering::AcqRel);
+        // Concurrent FUSE readers may deliver a sequential stream slightly out of order.
+        let sequential = off == 0 && last == 0 || off.abs_diff(last) <= RA_MAX;
+        let window = if sequential {
+            let w = vn.ra_window.load(Ordering::Acquire);
+            let w = if w == 0 { RA_MIN } else { (w * 2).min(RA_MAX) };
+            vn.ra_window.store(w, Ordering::Release);
+            w
+        } else {
+            vn.ra_window.store(0, Ordering::Release);
+            0
+        };
+        self.fs.read(vn, off, buf, window)
+    }
+
+    /// Target of symlink `ino`.
+    pub fn readlink(&self, ino: Ino) -> KResult<Vec<u8>> {
+        let vn = self.vnode(ino)?;
+        let r = self.fs.getattr(&vn).and_then(|a| {
+            if a.kind != FileType::Symlink {
+                return Err(Errno::EINVAL);
+            }
+            self.fs.readlink(&vn)
+        });
+        self.release(vn);
+        r
+    }
+
+    /// Lists an open directory from `cookie`.
+    pub fn readdir(&self, dir: &Vnode, cookie: u64, sink: &mut dyn FnMut(&DirEntry<'_>) -> bool) -> KResult<()> {
+        self.fs.readdir(dir, cookie, sink)
+    }
+
+    /// READDIRPLUS: lists entries with their attributes. Each entry the sink accepts (returns
+    /// `true`), other than `.` and `..`, counts one lookup reference, as FUSE expects.
+    pub fn readdirplus(
+        &self,
+        dir: &Vnode,
+        cookie: u64,
+        sink: &mut dyn FnMut(&DirEntry<'_>, &Attr) -> bool,
+    ) -> KResult<()> {
+        let mut err = None;
+        self.fs.readdir(dir, cookie, &mut |e| {
+            let dots = e.name == b"." || e.name == b"..";
+            let vn = match self.vnode(e.ino) {
+                Ok(v) => v,
+                Err(er) => {
+                    log::warn!("readdirplus: entry {:?} -> {}: {:?}", String::from_utf8_lossy(e.name), e.ino, er);
+                    err = Some(er);
+                    return false;
+                }
+            };
+            let attr = match self.fs.getattr(&vn) {
+                Ok(a) => a,
+                Err(er) => {
+                    err = Some(er);
+                    self.release(vn);
+                    return false;
+                }
+            };
+            let accepted = sink(e, &attr);
+            if accepted && !dots {
+                vn.nlookup.fetch_add(1, Ordering::AcqRel);
+            }
+            self.release(vn);
+            accepted
+        })?;
+        // An entry that cannot be read ends the listing there; report the error only when
+        // nothing could be listed, so the rest of a damaged directory stays readable.
+        match err {
+            Some(e) if cookie == 0 => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// File system statistics.
+    pub fn statfs(&self) -> KResult<StatFs> {
+        self.fs.statfs()
+    }
+
+    fn xattr_read_check(&self, cred: &Cred, a: &Attr, name: &[u8]) -> KResult<()> {
+        if name.starts_with(b"trusted.") && !cred.is_root() {
+            return Err(Errno::EPERM);
+        }
+        if name.starts_with(b"user.") {
+            if !matches!(a.kind, FileType::Regular | FileType::Directory) {
+                return Err(Errno::ENODATA);
+            }
+            check_access(a, cred, R_OK)?;
+        }
+        Ok(())
+    }
+
+    /// getxattr(2), with the checks Linux makes (`trusted.` for root only; `user.` needs
+    /// read permission and exists only on files and directories).
+    pub fn getxattr(&self, cred: &Cred, ino: Ino, name: &[u8]) -> KResult<Vec<u8>> {
+        if name.is_empty() || name.len() > 255 {
+            return Err(Errno::ERANGE);
+        }
+        let vn = self.vnode(ino)?;
+        let r = self
+            .fs
+            .getattr(&vn)
+            .and_then(|a| self.xattr_read_check(cred, &a, name))
+            .and_then(|()| self.fs.getxattr(&vn, name));
+        self.release(vn);
+        r
+    }
+
+    /// listxattr(2): the names the caller may see (`trusted.` only for root).
+    pub fn listxattr(&self, cred: &Cred, ino: Ino) -> KResult<Vec<Vec<u8>>> {
+        let vn = self.vnode(ino)?;
+        let r = self.fs.listxattr(&vn);
+        self.release(vn);
+        let mut names = r?;
+        if !cred.is_root() {
+            names.retain(|n| !n.starts_with(b"trusted."));
+        }
+        Ok(names)
+    }
+
+    /// Walks `path` from the root (absolute or relative to the root) as `cred`, following
+    /// symbolic links in the middle always and at the end when `follow`. Fails: `ENOENT`,
+    /// `ENOTDIR`, `EACCES`, `ELOOP` (more than [`MAXSYMLINKS`] links), `ENAMETOOLONG`.
+    pub fn namei(&self, cred: &Cred, path: &[u8], follow: bool) -> KResult<Attr> {
+        let vn = self.namei_vnode(cred, path, follow)?;
+        let r = self.fs.getattr(&vn);
+        self.release(vn);
+        r
+    }
+
+    fn namei_vnode(&self, cred: &Cred, path: &[u8], follow: bool) -> KResult<Arc<Vnode>> {
+        if path.len() > 4096 {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let mut links = 0u32;
+        // Remaining components, last first, so a symlink's target can be pushed in front.
+        let mut todo: Vec<Vec<u8>> = Vec::new();
+        let push = |todo: &mut Vec<Vec<u8>>, p: &[u8]| {
+            let trailing_slash = p.len() > 1 && p.ends_with(b"/");
+            let mut comps: Vec<Vec<u8>> =
+                p.split(|&c| c == b'/').filter(|c| !c.is_empty()).map(<[u8]>::to_vec).collect();
+            if trailing_slash {
+                comps.push(b".".to_vec());
+            }
+            comps.reverse();
+            todo.extend(comps);
+        };
+        push(&mut todo, path);
+        let mut cur = self.root.clone();
+        let mut parents: Vec<Arc<Vnode>> = Vec::new();
+        while let Some(name) = todo.pop() {
+            let next = if name == b".." {
+                if cur.ino == self.root.ino {
+                    cur.clone()
+                } else {
+                    self.dir_search(cred, &cur)?;
+                    parents.pop().map(Ok).unwrap_or_else(|| self.lookup_vnode(cred, &cur, b".."))?
+                }
+            } else {
+                self.lookup_vnode(cred, &cur, &name)?
+            };
+            let a = self.fs.getattr(&next)?;
+            let last = todo.is_empty();
+            if a.kind == FileType::Symlink && (!last || follow) {
+                links += 1;
+                if links > MAXSYMLINKS {
+                    return Err(Errno::ELOOP);
+                }
+                let target = self.fs.readlink(&next)?;
+                if target.is_empty() {
+                    return Err(Errno::ENOENT);
+                }
+                if target.starts_with(b"/") {
+                    cur = self.root.clone();
+                    parents.clear();
+                }
+                push(&mut todo, &target);
+                continue;
+            }
+            if !last && a.kind != FileType::Directory {
+                return Err(Errno::ENOTDIR);
+            }
+            if name != b"." && name != b".." {
+                parents.push(cur);
+            }
+            cur = next;
+        }
+        Ok(cur)
+    }
+
+    /// Flushes everything the driver holds.
+    pub fn sync(&self) -> KResult<()> {
+        self.fs.sync()
+    }
+
+    /// Unmounts: flushes and lets the driver mark the file system clean. Idempotent.
+    pub fn unmount(&self) -> KResult<()> {
+        if self.unmounted.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let r = self.fs.unmount();
+        let mut t = self.table();
+        t.retain(|ino, _| *ino == self.root.ino);
+        r
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if !self.unmounted.load(Ordering::Acquire) {
+            if let Err(e) = self.fs.unmount() {
+                log::error!("{}: unmount failed: {e}", self.source);
+            }
+        }
+    }
+}
