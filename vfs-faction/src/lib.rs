@@ -26,3 +26,6 @@ pub use fs::{Attr, DirEntry, FileSystem, FileType, Ino, NodeData, StatFs, Vnode}
 pub use hypercall::{BlockDevice, Hypercalls, OpenMode, Timespec};
 pub use kernel::{BootConfig, BootError, Kernel};
 pub use mount::{Mount, OpenFlags};
+
+#[cfg(test)]
+mod tests;

@@ -395,13 +395,16 @@ impl Mount {
     /// symbolic links in the middle always and at the end when `follow`. Fails: `ENOENT`,
     /// `ENOTDIR`, `EACCES`, `ELOOP` (more than [`MAXSYMLINKS`] links), `ENAMETOOLONG`.
     pub fn namei(&self, cred: &Cred, path: &[u8], follow: bool) -> KResult<Attr> {
-        let vn = self.namei_vnode(cred, path, follow)?;
-        let r = self.fs.getattr(&vn);
-        self.release(vn);
+        let mut seen = Vec::new();
+        let r = self.namei_vnode(cred, path, follow, &mut seen).and_then(|vn| self.fs.getattr(&vn));
+        // Every vnode the walk touched is unreferenced now; let the cache drop them.
+        for ino in seen {
+            self.maybe_evict(ino);
+        }
         r
     }
 
-    fn namei_vnode(&self, cred: &Cred, path: &[u8], follow: bool) -> KResult<Arc<Vnode>> {
+    fn namei_vnode(&self, cred: &Cred, path: &[u8], follow: bool, seen: &mut Vec<Ino>) -> KResult<Arc<Vnode>> {
         if path.len() > 4096 {
             return Err(Errno::ENAMETOOLONG);
         }
@@ -432,6 +435,7 @@ impl Mount {
             } else {
                 self.lookup_vnode(cred, &cur, &name)?
             };
+            seen.push(next.ino);
             let a = self.fs.getattr(&next)?;
             let last = todo.is_empty();
             if a.kind == FileType::Symlink && (!last || follow) {

@@ -1,0 +1,123 @@
+//! The host implementation of the hypercall interface: image files through the `images`
+//! crate, TCP sockets, the clocks, randomness and threads of the process.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use vfs_faction::hypercall::{ConnectOptions, Socket, ThreadHandle};
+use vfs_faction::{BlockDevice, Errno, Hypercalls, KResult, OpenMode, Timespec};
+
+/// The process's platform.
+pub struct HostPlatform {
+    start: Instant,
+}
+
+impl HostPlatform {
+    pub fn new() -> HostPlatform {
+        HostPlatform { start: Instant::now() }
+    }
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Errno::ETIMEDOUT,
+        _ => e.raw_os_error().map(Errno::from_code).unwrap_or(Errno::EIO),
+    }
+}
+
+struct TcpSocket(TcpStream);
+
+impl Socket for TcpSocket {
+    fn send(&self, buf: &[u8]) -> KResult<usize> {
+        (&self.0).write(buf).map_err(|e| io_errno(&e))
+    }
+
+    fn recv(&self, buf: &mut [u8], timeout: Option<Duration>) -> KResult<usize> {
+        let timeout = timeout.map(|t| t.max(Duration::from_millis(1)));
+        self.0.set_read_timeout(timeout).map_err(|e| io_errno(&e))?;
+        (&self.0).read(buf).map_err(|e| io_errno(&e))
+    }
+
+    fn shutdown(&self) {
+        let _ = self.0.shutdown(Shutdown::Both);
+    }
+
+    fn local_addr(&self) -> KResult<SocketAddr> {
+        self.0.local_addr().map_err(|e| io_errno(&e))
+    }
+}
+
+struct StdThread(std::thread::JoinHandle<()>);
+
+impl ThreadHandle for StdThread {
+    fn join(self: Box<Self>) {
+        let _ = self.0.join();
+    }
+}
+
+impl Hypercalls for HostPlatform {
+    fn open_block(&self, path: &str, mode: OpenMode) -> KResult<Arc<dyn BlockDevice>> {
+        match images::open_image(std::path::Path::new(path), mode) {
+            Ok(img) => Ok(img),
+            Err(e) => {
+                log::error!("{e}");
+                Err(e.errno)
+            }
+        }
+    }
+
+    fn resolve(&self, host: &str, port: u16) -> KResult<Vec<SocketAddr>> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        (host, port).to_socket_addrs().map(Iterator::collect).map_err(|_| Errno::EHOSTUNREACH)
+    }
+
+    fn connect(&self, addr: SocketAddr, opts: ConnectOptions) -> KResult<Box<dyn Socket>> {
+        if opts.reserved_port {
+            // Binding below 1024 comes with the NFS client (resvport).
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let s = match opts.timeout {
+            Some(t) => TcpStream::connect_timeout(&addr, t),
+            None => TcpStream::connect(addr),
+        }
+        .map_err(|e| io_errno(&e))?;
+        let _ = s.set_nodelay(true);
+        Ok(Box::new(TcpSocket(s)))
+    }
+
+    fn clock_realtime(&self) -> Timespec {
+        match SystemTime::now().duration_since(UNIX_EPOCH) {
+            Ok(d) => Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
+            Err(_) => Timespec::default(),
+        }
+    }
+
+    fn clock_monotonic(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn random(&self, buf: &mut [u8]) {
+        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+            if f.read_exact(buf).is_ok() {
+                return;
+            }
+        }
+        // Fall back to a clock-seeded generator (randomness here is never used for keys).
+        let mut x = self.start.elapsed().as_nanos() as u64 ^ std::process::id() as u64 | 1;
+        for b in buf {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+    }
+
+    fn spawn_thread(&self, name: &str, f: Box<dyn FnOnce() + Send + 'static>) -> KResult<Box<dyn ThreadHandle>> {
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(f)
+            .map(|h| Box::new(StdThread(h)) as Box<dyn ThreadHandle>)
+            .map_err(|_| Errno::EAGAIN)
+    }
+}
