@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set up the machine and run the whole test suite:
+#
+#   ./scripts/test.sh
+#
+# Installs what is missing (scripts/setup-debian.sh), builds every binary in release mode,
+# then runs `cargo test --release --workspace`. The end-to-end tests mount real FUSE file
+# systems with target/release/rumpfs-mount (RUMPFS_MOUNT_BIN). Extra arguments go to
+# `cargo test` (e.g. ./scripts/test.sh -- --nocapture). Exits non-zero when anything fails;
+# the last lines are cargo's own test summary.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+scripts/setup-debian.sh </dev/null
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "test: cargo build --release --workspace --bins"
+cargo build --release --workspace --bins
+
+export RUMPFS_MOUNT_BIN="$repo/target/release/rumpfs-mount"
+# Shared reference images (compressed), when the checkout sits next to shared/.
+if [ -d "$repo/../shared/test-images" ]; then
+    RUMPFS_TEST_IMAGES=$(cd "$repo/../shared/test-images" && pwd)
+    export RUMPFS_TEST_IMAGES
+fi
+
+echo "test: cargo test --release --workspace $*"
+exec cargo test --release --workspace "$@" </dev/null
