@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# rumpfs read-path benchmark: the same fresh ext2 image mounted read-only three ways (Linux
+# kernel ext2 on a loop device, fuse2fs, rumpfs-mount), runs interleaved, medians reported.
+# Run as root. See bench/README.md.
+#
+#   bench/run.sh                 full: 512 MiB file, 8,000-file tree, 5 runs
+#   bench/run.sh --quick         smoke test: 64 MiB file, 2,000 files, 1 run
+#   bench/run.sh --runs 9        more runs
+#   bench/run.sh --no-build      use target/release/rumpfs-mount as it is
+#   bench/run.sh --mounts kernel,fuse2fs      a subset of the three
+#   bench/run.sh --rumpfs-opts cache=256M     extra -o options for rumpfs-mount
+#
+# Results: bench/out/latest.txt, bench/out/results-*.{txt,json}. Every mount, server and loop
+# device it makes is undone on every exit path, including Ctrl-C and a crash of the helper.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "bench: run as root (it drops the page cache, makes a loop device and mounts)" >&2
+    exit 1
+fi
+
+build=1
+args=()
+for a in "$@"; do
+    case "$a" in
+        --no-build) build=0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        *) args+=("$a") ;;
+    esac
+done
+
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+if [ $build -eq 1 ]; then
+    echo "bench: cargo build --release -p rumpfs-mount" >&2
+    cargo build --release -p rumpfs-mount
+fi
+
+out="$repo/bench/out"
+work="$out/work"
+state="$work/state"
+mkdir -p "$work"
+: >"$state"
+
+pypid=""
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM HUP
+    if [ -n "$pypid" ] && kill -0 "$pypid" 2>/dev/null; then
+        kill -TERM "$pypid" 2>/dev/null || true
+        wait "$pypid" 2>/dev/null || true
+    fi
+    # Safety net: undo whatever the helper recorded and did not undo itself.
+    if [ -f "$state" ]; then
+        while read -r what a b; do
+            case "$what" in
+                mount)
+                    if mountpoint -q "$a" 2>/dev/null; then
+                        echo "bench: cleanup: unmounting $a" >&2
+                        umount "$a" 2>/dev/null || fusermount3 -u "$a" 2>/dev/null ||
+                            umount -l "$a" 2>/dev/null || true
+                    fi ;;
+                pid)
+                    # only if that pid is still the server for our mountpoint
+                    if [ -r "/proc/$a/cmdline" ] && tr '\0' '\n' <"/proc/$a/cmdline" | grep -qxF "$b"; then
+                        echo "bench: cleanup: stopping server $a" >&2
+                        kill -TERM "$a" 2>/dev/null || true
+                    fi ;;
+                loop)
+                    back=$(losetup --list --noheadings --output BACK-FILE "$a" 2>/dev/null || true)
+                    case "$back" in
+                        "$b"*) echo "bench: cleanup: detaching $a" >&2
+                               losetup --detach "$a" 2>/dev/null || true ;;
+                    esac ;;
+            esac
+        done <"$state"
+    fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT HUP
+trap 'exit 143' TERM
+
+python3 "$repo/bench/bench.py" --work "$work" --state "$state" --out "$out" \
+    --bin "$repo/target/release/rumpfs-mount" "${args[@]}" &
+pypid=$!
+wait "$pypid"
