@@ -3,10 +3,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ext2fs;
+
 use std::sync::Arc;
 use vfs_faction::Component;
 
 /// Every driver component this crate provides.
 pub fn all_components() -> Vec<Arc<dyn Component>> {
-    vec![]
+    vec![Arc::new(ext2fs::Ext2Component)]
 }
