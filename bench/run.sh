@@ -9,6 +9,7 @@
 #   bench/run.sh --no-build      use target/release/rumpfs-mount as it is
 #   bench/run.sh --mounts kernel,fuse2fs      a subset of the three
 #   bench/run.sh --rumpfs-opts cache=256M     extra -o options for rumpfs-mount
+#   RUMPFS_MOUNT_BIN=/path/to/rumpfs-mount bench/run.sh --no-build   another binary
 #
 # Results: bench/out/latest.txt, bench/out/results-*.{txt,json}. Every mount, server and loop
 # device it makes is undone on every exit path, including Ctrl-C and a crash of the helper.
@@ -27,7 +28,7 @@ args=()
 for a in "$@"; do
     case "$a" in
         --no-build) build=0 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) args+=("$a") ;;
     esac
 done
@@ -84,6 +85,6 @@ trap 'exit 130' INT HUP
 trap 'exit 143' TERM
 
 python3 "$repo/bench/bench.py" --work "$work" --state "$state" --out "$out" \
-    --bin "$repo/target/release/rumpfs-mount" "${args[@]}" &
+    --bin "${RUMPFS_MOUNT_BIN:-$repo/target/release/rumpfs-mount}" "${args[@]}" &
 pypid=$!
 wait "$pypid"
