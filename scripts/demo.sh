@@ -10,6 +10,8 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# mke2fs, sfdisk, sgdisk live in /usr/sbin, which is not on an ordinary user's PATH.
+export PATH="$PATH:/usr/sbin:/sbin"
 cd "$repo"
 
 if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi

@@ -11,6 +11,8 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# mke2fs, sfdisk, sgdisk live in /usr/sbin, which is not on an ordinary user's PATH.
+export PATH="$PATH:/usr/sbin:/sbin"
 cd "$repo"
 
 scripts/setup-debian.sh </dev/null
