@@ -150,7 +150,7 @@ impl Kernel {
                 let (c, t) = self.probe(dev.as_ref()).ok_or_else(|| {
                     MountError::new(
                         Errno::EINVAL,
-                        format!("{source_name}: no file system this kernel knows ({})", self.known_types()),
+                        format!("no file system this kernel knows ({})", self.known_types()),
                     )
                 })?;
                 (c.clone(), t.to_string())
