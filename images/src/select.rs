@@ -115,7 +115,7 @@ pub fn select(
         )),
         _ => {
             let names: Vec<String> =
-                found.iter().map(|(p, _, fs)| format!("{} ({fs})", p)).collect();
+                found.iter().map(|(p, _, fs)| format!("{fs} in {p}")).collect();
             Err(ImageError::new(
                 Errno::EINVAL,
                 format!(
@@ -168,8 +168,6 @@ fn list_with_bounds(parts: &[Partition], size: u64) -> String {
         .map(|p| {
             if p.end() > size {
                 format!("{p} [past the end of the image]")
-            } else if p.is_container() {
-                format!("{p} [extended]")
             } else {
                 p.to_string()
             }
