@@ -6,6 +6,12 @@
 //! does not grow with image or file size. Reads of several blocks go to the device as one
 //! request per contiguous run of missing blocks, extended by the read-ahead the caller asks
 //! for (sequential read-ahead: the following blocks arrive in the same I/O).
+//!
+//! Writes are copy-on-write: [`CachedDev::bwrite`] puts a new version of a block in the cache,
+//! marked dirty; readers that still hold the old version keep a consistent copy. Dirty blocks
+//! are never dropped: they go to the device at [`CachedDev::sync`] (in block order, contiguous
+//! runs coalesced), and a writer that finds more than half the cache dirty writes its device's
+//! dirty blocks back before going on, so dirty data stays bounded too.
 
 use crate::errno::{Errno, KResult};
 use crate::hypercall::BlockDevice;
@@ -40,6 +46,7 @@ type Key = (u32, u64);
 struct Entry {
     buf: Arc<Buf>,
     tick: u64,
+    dirty: bool,
 }
 
 #[derive(Default)]
@@ -48,6 +55,7 @@ struct Inner {
     lru: BTreeMap<u64, Key>,
     tick: u64,
     bytes: usize,
+    dirty_bytes: usize,
 }
 
 impl Inner {
@@ -61,21 +69,59 @@ impl Inner {
         Some(e.buf.clone())
     }
 
+    /// Inserts a clean block read from the device; a version already cached wins (it may be
+    /// newer: dirty).
     fn insert(&mut self, key: Key, buf: Arc<Buf>, limit: usize) -> Arc<Buf> {
         if let Some(b) = self.touch(key) {
             return b;
         }
+        self.put(key, buf.clone(), false, limit);
+        buf
+    }
+
+    /// Stores `buf` as the current version of `key`.
+    fn put(&mut self, key: Key, buf: Arc<Buf>, dirty: bool, limit: usize) {
+        if let Some(old) = self.map.remove(&key) {
+            self.lru.remove(&old.tick);
+            self.bytes -= old.buf.data.len();
+            if old.dirty {
+                self.dirty_bytes -= old.buf.data.len();
+            }
+        }
         self.tick += 1;
         self.bytes += buf.data.len();
+        if dirty {
+            self.dirty_bytes += buf.data.len();
+        }
         self.lru.insert(self.tick, key);
-        self.map.insert(key, Entry { buf: buf.clone(), tick: self.tick });
-        while self.bytes > limit {
-            let Some((_, old)) = self.lru.pop_first() else { break };
-            if let Some(e) = self.map.remove(&old) {
+        self.map.insert(key, Entry { buf, tick: self.tick, dirty });
+        self.evict(limit);
+    }
+
+    /// Drops least recently used clean blocks until the cache fits its limit.
+    fn evict(&mut self, limit: usize) {
+        if self.bytes <= limit {
+            return;
+        }
+        let mut victims = Vec::new();
+        let mut freed = 0usize;
+        for (&tick, key) in &self.lru {
+            if self.bytes - freed <= limit {
+                break;
+            }
+            if let Some(e) = self.map.get(key) {
+                if !e.dirty {
+                    freed += e.buf.data.len();
+                    victims.push((tick, *key));
+                }
+            }
+        }
+        for (tick, key) in victims {
+            self.lru.remove(&tick);
+            if let Some(e) = self.map.remove(&key) {
                 self.bytes -= e.buf.data.len();
             }
         }
-        buf
     }
 }
 
@@ -88,6 +134,10 @@ pub struct CacheStats {
     pub reads: u64,
     /// Bytes held now.
     pub bytes: usize,
+    /// Of those, bytes not yet written to their device.
+    pub dirty_bytes: usize,
+    /// Device write requests issued.
+    pub writes: u64,
     /// Blocks held now.
     pub blocks: usize,
 }
@@ -100,6 +150,7 @@ pub struct BufCache {
     hits: AtomicU64,
     misses: AtomicU64,
     reads: AtomicU64,
+    writes: AtomicU64,
 }
 
 impl BufCache {
@@ -113,6 +164,7 @@ impl BufCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
         })
     }
 
@@ -129,6 +181,8 @@ impl BufCache {
             misses: self.misses.load(Ordering::Relaxed),
             reads: self.reads.load(Ordering::Relaxed),
             bytes: inner.bytes,
+            dirty_bytes: inner.dirty_bytes,
+            writes: self.writes.load(Ordering::Relaxed),
             blocks: inner.map.len(),
         }
     }
@@ -159,6 +213,10 @@ impl BufCache {
             if let Some(e) = inner.map.remove(&k) {
                 inner.lru.remove(&e.tick);
                 inner.bytes -= e.buf.data.len();
+                if e.dirty {
+                    log::error!("buffer cache: dirty block {} of a detached device dropped", k.1);
+                    inner.dirty_bytes -= e.buf.data.len();
+                }
             }
         }
     }
@@ -279,6 +337,101 @@ impl CachedDev {
     pub fn read_raw(&self, buf: &mut [u8], off: u64) -> KResult<()> {
         self.dev.read_at(buf, off)
     }
+
+    /// Writes `buf.len()` bytes at byte offset `off` straight to the device (superblock
+    /// copies). The caller keeps cached blocks consistent. Fails: `EROFS`, `EIO`.
+    pub fn write_raw(&self, buf: &[u8], off: u64) -> KResult<()> {
+        self.cache.writes.fetch_add(1, Ordering::Relaxed);
+        self.dev.write_at(buf, off)
+    }
+
+    /// Makes `data` (exactly one block) the new contents of block `blk`, dirty in the cache
+    /// until [`CachedDev::sync`] or write-back. Never blocks on I/O unless more than half the
+    /// cache is dirty. Fails: `EROFS` (read-only device), `EIO` (past the end), `EINVAL`.
+    pub fn bwrite(&self, blk: u64, data: Vec<u8>) -> KResult<()> {
+        if self.dev.read_only() {
+            return Err(Errno::EROFS);
+        }
+        if data.len() != self.bsize as usize {
+            return Err(Errno::EINVAL);
+        }
+        self.check(blk, 1)?;
+        let over = {
+            let mut inner = self.cache.lock();
+            inner.put((self.id, blk), Arc::new(Buf { data: data.into_boxed_slice() }), true, self.cache.limit);
+            inner.dirty_bytes > self.cache.limit / 2
+        };
+        if over {
+            self.write_back()?;
+        }
+        Ok(())
+    }
+
+    /// True if block `blk` has a version not yet written to the device.
+    pub fn is_dirty(&self, blk: u64) -> bool {
+        self.cache.lock().map.get(&(self.id, blk)).is_some_and(|e| e.dirty)
+    }
+
+    /// Drops block `blk` from the cache, dirty or not (the block was freed: its contents no
+    /// longer matter).
+    pub fn forget_block(&self, blk: u64) {
+        let mut inner = self.cache.lock();
+        if let Some(e) = inner.map.remove(&(self.id, blk)) {
+            inner.lru.remove(&e.tick);
+            inner.bytes -= e.buf.data.len();
+            if e.dirty {
+                inner.dirty_bytes -= e.buf.data.len();
+            }
+        }
+    }
+
+    /// Writes every dirty block of this device, in block order with contiguous runs coalesced
+    /// into one request each, without the flush barrier. Blocks.
+    pub fn write_back(&self) -> KResult<()> {
+        let mut dirty: Vec<(u64, Arc<Buf>)> = {
+            let inner = self.cache.lock();
+            inner.map.iter().filter(|(k, e)| k.0 == self.id && e.dirty).map(|(k, e)| (k.1, e.buf.clone())).collect()
+        };
+        dirty.sort_unstable_by_key(|(b, _)| *b);
+        let bs = self.bsize as usize;
+        let max_run = (MAX_IO / bs).max(1);
+        let mut i = 0;
+        while i < dirty.len() {
+            let mut j = i + 1;
+            while j < dirty.len() && j - i < max_run && dirty[j].0 == dirty[j - 1].0 + 1 {
+                j += 1;
+            }
+            let run = &dirty[i..j];
+            let mut tmp = Vec::with_capacity(run.len() * bs);
+            for (_, b) in run {
+                tmp.extend_from_slice(&b.data);
+            }
+            self.cache.writes.fetch_add(1, Ordering::Relaxed);
+            self.dev.write_at(&tmp, run[0].0 * u64::from(self.bsize))?;
+            // Clean only the versions written: a block rewritten meanwhile stays dirty.
+            let mut inner = self.cache.lock();
+            for (blk, b) in run {
+                let len = b.data.len();
+                if let Some(e) = inner.map.get_mut(&(self.id, *blk)) {
+                    if e.dirty && Arc::ptr_eq(&e.buf, b) {
+                        e.dirty = false;
+                        inner.dirty_bytes -= len;
+                    }
+                }
+            }
+            drop(inner);
+            i = j;
+        }
+        self.cache.lock().evict(self.cache.limit);
+        Ok(())
+    }
+
+    /// Writes every dirty block and then issues the device's flush barrier: when this returns
+    /// `Ok`, everything written before is on stable storage. Blocks.
+    pub fn sync(&self) -> KResult<()> {
+        self.write_back()?;
+        self.dev.flush()
+    }
 }
 
 impl Drop for CachedDev {
@@ -355,6 +508,50 @@ mod tests {
         d.bread(1).unwrap();
         drop(d);
         assert_eq!(cache.stats().blocks, 0);
+    }
+
+    #[test]
+    fn writes_stay_dirty_until_sync_and_are_coalesced() {
+        let cache = BufCache::new(64 * 1024);
+        let mem = disk(64, 1024);
+        let d = cache.attach(mem.clone(), 1024).unwrap();
+        for b in [5u64, 6, 7, 20] {
+            d.bwrite(b, vec![0xAB; 1024]).unwrap();
+        }
+        assert_eq!(d.bread(6).unwrap()[0], 0xAB);
+        assert_eq!(mem.contents()[6 * 1024], 6, "not written before sync");
+        assert!(d.is_dirty(7));
+        let writes_before = mem.counts().1;
+        d.sync().unwrap();
+        assert_eq!(mem.counts().1 - writes_before, 2, "runs 5..=7 and 20");
+        assert_eq!(mem.counts().2, 1, "one flush barrier");
+        assert_eq!(mem.contents()[7 * 1024 + 1023], 0xAB);
+        assert!(!d.is_dirty(7));
+        assert_eq!(cache.stats().dirty_bytes, 0);
+        assert_eq!(d.bwrite(64, vec![0; 1024]), Err(Errno::EIO));
+        assert_eq!(d.bwrite(1, vec![0; 10]), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn dirty_blocks_are_never_evicted_and_write_back_bounds_them() {
+        let cache = BufCache::new(16 * 1024);
+        let mem = disk(256, 1024);
+        let d = cache.attach(mem.clone(), 1024).unwrap();
+        for b in 0..200u64 {
+            d.bwrite(b, vec![b as u8 ^ 0xFF; 1024]).unwrap();
+            assert!(cache.stats().dirty_bytes <= 8 * 1024 + 1024);
+        }
+        d.sync().unwrap();
+        let c = mem.contents();
+        assert!((0..200usize).all(|b| c[b * 1024] == b as u8 ^ 0xFF));
+        assert!(cache.stats().bytes <= 16 * 1024);
+    }
+
+    #[test]
+    fn writes_to_a_read_only_device_are_refused() {
+        let cache = BufCache::new(1 << 20);
+        let d = cache.attach(Arc::new(MemDisk::new(4096).read_only()), 1024).unwrap();
+        assert_eq!(d.bwrite(0, vec![0; 1024]), Err(Errno::EROFS));
     }
 
     #[test]

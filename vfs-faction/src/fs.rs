@@ -118,6 +118,54 @@ pub struct StatFs {
     pub namemax: u32,
 }
 
+/// Attribute changes (chmod, chown, truncate, utimens). The kernel has checked permissions
+/// and computed the result (e.g. setuid bits cleared by a chown); the driver stores it and
+/// sets ctime.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    /// New permission bits (`0o7777`).
+    pub perm: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// New size: truncate or extend (holes).
+    pub size: Option<u64>,
+    pub atime: Option<Timespec>,
+    pub mtime: Option<Timespec>,
+}
+
+/// What a new file is made of. The kernel has decided owner and mode (umask, setgid
+/// directories); the driver allocates and links it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewNode {
+    pub kind: FileType,
+    /// Permission bits (`0o7777`).
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Device number for character and block devices (Linux `dev_t` encoding).
+    pub rdev: u32,
+}
+
+/// How a rename treats an existing target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenameMode {
+    /// Replace the target if there is one (rename(2)).
+    Replace,
+    /// Fail with `EEXIST` if the target exists (`RENAME_NOREPLACE`).
+    NoReplace,
+    /// Swap source and target, which must both exist (`RENAME_EXCHANGE`).
+    Exchange,
+}
+
+/// setxattr(2) flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XattrFlags {
+    /// `XATTR_CREATE`: fail with `EEXIST` if the attribute exists.
+    pub create: bool,
+    /// `XATTR_REPLACE`: fail with `ENODATA` if it does not.
+    pub replace: bool,
+}
+
 /// A driver's in-memory inode, kept in the vnode (NetBSD's `v_data`).
 pub type NodeData = Box<dyn Any + Send + Sync>;
 
@@ -173,6 +221,92 @@ pub trait FileSystem: Send + Sync {
 
     /// File system statistics.
     fn statfs(&self) -> KResult<StatFs>;
+
+    // Write operations. The kernel has checked permissions, name length and the POSIX rules
+    // that do not depend on the format (sticky directories, a directory moved into itself,
+    // types of rename source and target); the driver checks what needs the disk
+    // (`EEXIST`, `ENOTEMPTY`, `ENOSPC`, `EMLINK`) and keeps times (mtime/ctime) current.
+
+    /// Creates `name` in `dir`: a regular file, directory, device, fifo or socket (not a
+    /// symlink). Returns its inode number.
+    fn create(&self, _dir: &Vnode, _name: &[u8], _node: &NewNode) -> KResult<Ino> {
+        Err(Errno::EROFS)
+    }
+
+    /// Creates a symbolic link `name` in `dir` pointing at `target`.
+    fn symlink(&self, _dir: &Vnode, _name: &[u8], _target: &[u8], _node: &NewNode) -> KResult<Ino> {
+        Err(Errno::EROFS)
+    }
+
+    /// Adds a hard link `name` in `dir` to the (non-directory) file `vn`.
+    fn link(&self, _vn: &Vnode, _dir: &Vnode, _name: &[u8]) -> KResult<()> {
+        Err(Errno::EROFS)
+    }
+
+    /// Removes the entry `name` (the non-directory `vn`) from `dir` and drops one link. The
+    /// file itself goes when its last link is gone and the kernel calls
+    /// [`FileSystem::inactive`].
+    fn unlink(&self, _dir: &Vnode, _name: &[u8], _vn: &Vnode) -> KResult<()> {
+        Err(Errno::EROFS)
+    }
+
+    /// Removes the empty directory `vn`, entry `name` of `dir`. Fails: `ENOTEMPTY`.
+    fn rmdir(&self, _dir: &Vnode, _name: &[u8], _vn: &Vnode) -> KResult<()> {
+        Err(Errno::EROFS)
+    }
+
+    /// Renames `sdir/sname` (the file `svn`) to `ddir/dname` (the file `dvn`, if present).
+    /// For a directory moved to another parent the driver fixes its `..`.
+    #[allow(clippy::too_many_arguments)]
+    fn rename(
+        &self,
+        _sdir: &Vnode,
+        _sname: &[u8],
+        _svn: &Vnode,
+        _ddir: &Vnode,
+        _dname: &[u8],
+        _dvn: Option<&Vnode>,
+        _mode: RenameMode,
+    ) -> KResult<()> {
+        Err(Errno::EROFS)
+    }
+
+    /// Writes `data` at `off`, extending the file as needed; returns the count written.
+    fn write(&self, _vn: &Vnode, _off: u64, _data: &[u8]) -> KResult<usize> {
+        Err(Errno::EROFS)
+    }
+
+    /// Changes attributes; returns the new ones.
+    fn setattr(&self, _vn: &Vnode, _set: &SetAttr) -> KResult<Attr> {
+        Err(Errno::EROFS)
+    }
+
+    /// Sets extended attribute `name` (full name) to `value`.
+    fn setxattr(&self, _vn: &Vnode, _name: &[u8], _value: &[u8], _flags: XattrFlags) -> KResult<()> {
+        Err(Errno::EROFS)
+    }
+
+    /// Removes extended attribute `name`. Fails: `ENODATA`.
+    fn removexattr(&self, _vn: &Vnode, _name: &[u8]) -> KResult<()> {
+        Err(Errno::EROFS)
+    }
+
+    /// Returns once the file's data (and with `!datasync` its metadata) is on stable
+    /// storage. Blocks.
+    fn fsync(&self, _vn: &Vnode, _datasync: bool) -> KResult<()> {
+        self.sync()
+    }
+
+    /// fallocate(2) with Linux `mode` bits. Default: `EOPNOTSUPP`.
+    fn fallocate(&self, _vn: &Vnode, _mode: u32, _off: u64, _len: u64) -> KResult<()> {
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    /// The vnode has left the cache: no lookup, handle or walk refers to it. A driver frees
+    /// a file whose last link is gone here (NetBSD's `VOP_INACTIVE`).
+    fn inactive(&self, _vn: &Vnode) -> KResult<()> {
+        Ok(())
+    }
 
     /// Writes every dirty buffer and the superblock. Blocks.
     fn sync(&self) -> KResult<()> {

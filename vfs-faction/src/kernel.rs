@@ -165,7 +165,7 @@ impl Kernel {
         let ctx = MountContext { hyper: self.hyper.clone(), cache: self.cache.clone() };
         let mounted = component.mount(&ctx, &fstype, source, opts)?;
         let id = self.next_mount.fetch_add(1, Ordering::Relaxed);
-        let mnt = Mount::new(id, fstype, source_name.to_string(), mounted)?;
+        let mnt = Mount::new(id, fstype, source_name.to_string(), mounted, self.hyper.clone())?;
         let mut table = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
         table.retain(|m| m.strong_count() > 0);
         table.push(Arc::downgrade(&mnt));

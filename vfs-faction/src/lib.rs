@@ -22,7 +22,7 @@ pub use bufcache::{BufCache, CachedDev};
 pub use component::{Component, Faction, MountContext, MountError, MountOptions, MountSource, Mounted};
 pub use cred::Cred;
 pub use errno::{Errno, KResult};
-pub use fs::{Attr, DirEntry, FileSystem, FileType, Ino, NodeData, StatFs, Vnode};
+pub use fs::{Attr, DirEntry, FileSystem, FileType, Ino, NewNode, NodeData, RenameMode, SetAttr, StatFs, Vnode, XattrFlags};
 pub use hypercall::{BlockDevice, Hypercalls, OpenMode, Timespec};
 pub use kernel::{BootConfig, BootError, Kernel};
 pub use mount::{Mount, OpenFlags};

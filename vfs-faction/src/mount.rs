@@ -9,6 +9,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+mod write;
+pub use write::TimeSet;
+
 /// Symbolic links followed in one path walk before `ELOOP` (Linux: 40).
 pub const MAXSYMLINKS: u32 = 40;
 
@@ -43,10 +46,17 @@ pub struct Mount {
     root: Arc<Vnode>,
     vnodes: Mutex<HashMap<Ino, Arc<Vnode>>>,
     unmounted: AtomicBool,
+    hyper: Arc<dyn crate::Hypercalls>,
 }
 
 impl Mount {
-    pub(crate) fn new(id: u32, fstype: String, source: String, m: Mounted) -> KResult<Arc<Mount>> {
+    pub(crate) fn new(
+        id: u32,
+        fstype: String,
+        source: String,
+        m: Mounted,
+        hyper: Arc<dyn crate::Hypercalls>,
+    ) -> KResult<Arc<Mount>> {
         let root_ino = m.fs.root();
         let root = Arc::new(Vnode::new(root_ino, m.fs.vget(root_ino)?));
         let attr = m.fs.getattr(&root)?;
@@ -66,6 +76,7 @@ impl Mount {
             root,
             vnodes: Mutex::new(vnodes),
             unmounted: AtomicBool::new(false),
+            hyper,
         }))
     }
 
@@ -130,9 +141,16 @@ impl Mount {
             return;
         }
         let mut t = self.table();
-        if let Some(v) = t.get(&ino) {
-            if v.lookup_count() == 0 && Arc::strong_count(v) == 1 {
-                t.remove(&ino);
+        let gone = match t.get(&ino) {
+            Some(v) if v.lookup_count() == 0 && Arc::strong_count(v) == 1 => t.remove(&ino),
+            _ => None,
+        };
+        drop(t);
+        if let Some(vn) = gone {
+            if !self.read_only {
+                if let Err(e) = self.fs.inactive(&vn) {
+                    log::error!("{}: releasing inode {ino}: {e}", self.source);
+                }
             }
         }
     }
@@ -475,10 +493,22 @@ impl Mount {
         if self.unmounted.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let r = self.fs.unmount();
-        let mut t = self.table();
-        t.retain(|ino, _| *ino == self.root.ino);
-        r
+        let rest: Vec<Arc<Vnode>> = {
+            let mut t = self.table();
+            let rest = t.iter().filter(|(ino, _)| **ino != self.root.ino).map(|(_, v)| v.clone()).collect();
+            t.retain(|ino, _| *ino == self.root.ino);
+            rest
+        };
+        if !self.read_only {
+            // Files unlinked while still in use go now, before the final sync.
+            for vn in &rest {
+                if let Err(e) = self.fs.inactive(vn) {
+                    log::error!("{}: releasing inode {}: {e}", self.source, vn.ino);
+                }
+            }
+        }
+        drop(rest);
+        self.fs.unmount()
     }
 }
 
