@@ -3,10 +3,14 @@
 //! here and nowhere else.
 
 use fuser::{
-    AccessFlags, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags as FuseOpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    AccessFlags, BsdFileFlags, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags as FuseOpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
+use std::path::Path;
+use vfs_faction::mount::TimeSet;
+use vfs_faction::{RenameMode, XattrFlags};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -42,6 +46,29 @@ fn time(t: Timespec) -> SystemTime {
     } else {
         UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(u64::from(t.nsec))
     }
+}
+
+fn timeset(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(st) => TimeSet::At(match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
+            Err(e) => {
+                let d = e.duration();
+                let (sec, nsec) = if d.subsec_nanos() == 0 {
+                    (-(d.as_secs() as i64), 0)
+                } else {
+                    (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
+                };
+                Timespec { sec, nsec }
+            }
+        }),
+    }
+}
+
+/// The file type named by the `S_IFMT` bits of a mode FUSE sends.
+fn mode_kind(mode: u32) -> KResult<FileType> {
+    FileType::from_mode(mode).ok_or(Errno::EINVAL)
 }
 
 fn kind(k: FileType) -> fuser::FileType {
@@ -142,6 +169,20 @@ impl Bridge {
         }
     }
 
+    fn entry(&self, reply: ReplyEntry, r: KResult<Attr>) {
+        match r {
+            Ok(a) => reply.entry(&self.ttl, &self.attr(&a), Generation(0)),
+            Err(e) => reply.error(to_errno(e)),
+        }
+    }
+
+    fn empty(reply: ReplyEmpty, r: KResult<()>) {
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(to_errno(e)),
+        }
+    }
+
     fn reply_xattr(reply: ReplyXattr, size: u32, data: KResult<Vec<u8>>) {
         match data {
             Err(e) => reply.error(to_errno(e)),
@@ -160,6 +201,7 @@ impl Filesystem for Bridge {
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_ASYNC_READ;
         let _ = config.add_capabilities(want & config.capabilities());
+        let _ = config.set_max_write(MAX_READ);
         let _ = config.set_max_readahead(MAX_READ);
         let _ = config.set_max_background(64);
         Ok(())
@@ -203,11 +245,9 @@ impl Filesystem for Bridge {
     fn open(&self, req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
         let f = OpenFlags::from_raw(flags.0);
         match self.as_caller(req, |c| self.mnt.open(c, self.ino(ino), f)) {
-            Ok(vn) => {
-                // Unchanged while we are the only writer: keep the page cache across opens.
-                let fl = if self.mnt.read_only() { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
-                reply.opened(self.new_handle(vn), fl)
-            }
+            // Every change goes through this mount, and FUSE keeps its page cache in step with
+            // the writes it sends us: keep the cache across opens.
+            Ok(vn) => reply.opened(self.new_handle(vn), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(to_errno(e)),
         }
     }
@@ -317,6 +357,199 @@ impl Filesystem for Bridge {
             out
         });
         Self::reply_xattr(reply, size, r);
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+        let r = mode_kind(mode)
+            .and_then(|k| self.as_caller(req, |c| self.mnt.mknod(c, self.ino(parent), name.as_bytes(), k, mode, rdev)));
+        self.entry(reply, r);
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let r = self.as_caller(req, |c| {
+            self.mnt.mknod(c, self.ino(parent), name.as_bytes(), FileType::Directory, mode, 0)
+        });
+        self.entry(reply, r);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let kind = mode_kind(mode).unwrap_or(FileType::Regular);
+        let r = self.as_caller(req, |c| {
+            let a = self.mnt.mknod(c, self.ino(parent), name.as_bytes(), kind, mode, 0)?;
+            // The creator may write a file its new mode does not let it open (open(2)).
+            match self.mnt.open(&Cred::root(), a.ino, OpenFlags::from_raw(flags)) {
+                Ok(vn) => Ok((a, vn)),
+                Err(e) => {
+                    self.mnt.forget(a.ino, 1);
+                    Err(e)
+                }
+            }
+        });
+        match r {
+            Ok((a, vn)) => {
+                let fh = self.new_handle(vn);
+                reply.created(&self.ttl, &self.attr(&a), Generation(0), fh, FopenFlags::FOPEN_KEEP_CACHE)
+            }
+            Err(e) => reply.error(to_errno(e)),
+        }
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let r = self.as_caller(req, |c| {
+            self.mnt.symlink(c, self.ino(parent), link_name.as_bytes(), target.as_os_str().as_bytes())
+        });
+        self.entry(reply, r);
+    }
+
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let r = self.as_caller(req, |c| self.mnt.link(c, self.ino(ino), self.ino(newparent), newname.as_bytes()));
+        self.entry(reply, r);
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::empty(reply, self.as_caller(req, |c| self.mnt.unlink(c, self.ino(parent), name.as_bytes())));
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::empty(reply, self.as_caller(req, |c| self.mnt.rmdir(c, self.ino(parent), name.as_bytes())));
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            RenameMode::Exchange
+        } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            RenameMode::NoReplace
+        } else {
+            RenameMode::Replace
+        };
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(fuser::Errno::EINVAL);
+        }
+        let r = self.as_caller(req, |c| {
+            self.mnt.rename(c, self.ino(parent), name.as_bytes(), self.ino(newparent), newname.as_bytes(), mode)
+        });
+        Self::empty(reply, r);
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let r = self.as_caller(req, |c| {
+            self.mnt.setattr(
+                c,
+                self.ino(ino),
+                mode.map(|m| m & 0o7777),
+                uid,
+                gid,
+                size,
+                atime.map(timeset),
+                mtime.map(timeset),
+                fh.is_some(),
+            )
+        });
+        match r {
+            Ok(a) => reply.attr(&self.ttl, &self.attr(&a)),
+            Err(e) => reply.error(to_errno(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: FuseOpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let cred = Cred::user(req.uid(), req.gid());
+        match self.handle(fh).and_then(|vn| self.mnt.write(&cred, &vn, offset, data)) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(to_errno(e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        Self::empty(reply, self.handle(fh).and_then(|vn| self.mnt.fsync(&vn, datasync)));
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        Self::empty(reply, self.handle(fh).and_then(|vn| self.mnt.fsync(&vn, datasync)));
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        Self::empty(reply, self.handle(fh).and_then(|vn| self.mnt.fallocate(&vn, mode as u32, offset, length)));
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if position != 0 {
+            return reply.error(fuser::Errno::EINVAL);
+        }
+        let xf = XattrFlags { create: flags & 1 != 0, replace: flags & 2 != 0 };
+        let r = self.as_caller(req, |c| self.mnt.setxattr(c, self.ino(ino), name.as_bytes(), value, xf));
+        Self::empty(reply, r);
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::empty(reply, self.as_caller(req, |c| self.mnt.removexattr(c, self.ino(ino), name.as_bytes())));
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
