@@ -139,7 +139,9 @@ pub fn verify(block: &[u8], lblk: u64, seed: u32, indexed: bool) -> Result<(), S
                 return Err(format!("htree node: count {count}, limit {limit} do not fit the block"));
             }
             let c = csum::raw(seed, &block[..co + count * 8]);
-            let computed = csum::raw(c, &block[tail..tail + 4]);
+            // The tail's reserved word, then its checksum field as zero.
+            let c = csum::raw(c, &block[tail..tail + 4]);
+            let computed = csum::raw(c, &[0; 4]);
             let stored = le32(block, tail + 4);
             return if stored == computed {
                 Ok(())
