@@ -172,12 +172,13 @@ fn run() -> Result<(), Fail> {
     let config = fuse_config(&opts, &source, mnt.read_only());
     let bridge = bridge::Bridge::new(mnt.clone());
 
+    let how = MountHow { fsname: fsname(&opts, &source), opts: opts.clone(), read_only: mnt.read_only() };
     if foreground {
-        let session =
-            fuser::Session::new(bridge, &mountpoint, &config).map_err(|e| Fail(EXIT_MOUNT, mount_error(&mountpoint, &e)))?;
+        let session = open_session(bridge, &mountpoint, &config, &how)
+            .map_err(|e| Fail(EXIT_MOUNT, mount_error(&mountpoint, &e)))?;
         serve(session, mnt)
     } else {
-        daemonize_and_serve(bridge, &mountpoint, &config, mnt)
+        daemonize_and_serve(bridge, &mountpoint, &config, &how, mnt)
     }
 }
 
@@ -195,12 +196,85 @@ fn mount_error(mountpoint: &Path, e: &std::io::Error) -> String {
     format!("cannot mount on {}: {}", mountpoint.display(), e)
 }
 
+fn fsname(opts: &Options, source: &str) -> String {
+    opts.fsname.clone().unwrap_or_else(|| {
+        std::fs::canonicalize(source).map(|p| p.display().to_string()).unwrap_or_else(|_| source.to_string())
+    })
+}
+
+fn subtype(opts: &Options) -> String {
+    opts.subtype.clone().unwrap_or_else(|| "rumpfs-mount".into())
+}
+
+/// What the FUSE mount itself needs to know.
+struct MountHow {
+    fsname: String,
+    opts: Options,
+    read_only: bool,
+}
+
+/// How to end the FUSE mount on a signal.
+enum Unmounter {
+    /// Through fuser (fusermount3 for ordinary users).
+    Fuser(fuser::SessionUnmounter),
+    /// Our own mount(2) as root: umount2 with MNT_DETACH, as `umount -l` does.
+    Direct(PathBuf),
+}
+
+impl Unmounter {
+    fn unmount(&mut self) -> std::io::Result<()> {
+        match self {
+            Unmounter::Fuser(u) => u.unmount(),
+            Unmounter::Direct(p) => {
+                nix::mount::umount2(p.as_path(), nix::mount::MntFlags::MNT_DETACH).map_err(std::io::Error::from)
+            }
+        }
+    }
+}
+
+/// Mounts the FUSE file system. As root we call mount(2) ourselves so that the type shows as
+/// `fuse.SUBTYPE` in /proc/mounts, as mount.fuse3 and fstab expect; otherwise (and for
+/// `auto_unmount`) fuser goes through fusermount3, which does the same.
+fn open_session(
+    bridge: bridge::Bridge,
+    mountpoint: &Path,
+    config: &fuser::Config,
+    how: &MountHow,
+) -> std::io::Result<(fuser::Session<bridge::Bridge>, Unmounter)> {
+    if nix::unistd::geteuid().is_root() && !how.opts.auto_unmount {
+        use nix::fcntl::OFlag;
+        use nix::mount::MsFlags;
+        let fd = nix::fcntl::open("/dev/fuse", OFlag::O_RDWR | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
+        // SAFETY: `open` just returned this descriptor and nothing else owns it.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let mut data = format!("fd={},rootmode=40000,user_id=0,group_id=0", fd.as_raw_fd());
+        if how.opts.allow_other || how.opts.allow_root {
+            data.push_str(",allow_other");
+        }
+        let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        if how.read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        let fstype = format!("fuse.{}", subtype(&how.opts));
+        nix::mount::mount(Some(how.fsname.as_str()), mountpoint, Some(fstype.as_str()), flags, Some(data.as_str()))
+            .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+        let target = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+        return match fuser::Session::from_fd(bridge, fd, config.acl, config.clone()) {
+            Ok(s) => Ok((s, Unmounter::Direct(target))),
+            Err(e) => {
+                let _ = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH);
+                Err(e)
+            }
+        };
+    }
+    let mut s = fuser::Session::new(bridge, mountpoint, config)?;
+    let u = s.unmount_callable();
+    Ok((s, Unmounter::Fuser(u)))
+}
+
 fn fuse_config(opts: &Options, source: &str, read_only: bool) -> fuser::Config {
     use fuser::MountOption as M;
-    let fsname = opts.fsname.clone().unwrap_or_else(|| {
-        std::fs::canonicalize(source).map(|p| p.display().to_string()).unwrap_or_else(|_| source.to_string())
-    });
-    let mut mo = vec![M::FSName(fsname), M::Subtype(opts.subtype.clone().unwrap_or_else(|| "rumpfs-mount".into()))];
+    let mut mo = vec![M::FSName(fsname(opts, source)), M::Subtype(subtype(opts))];
     mo.push(if read_only { M::RO } else { M::RW });
     if opts.auto_unmount {
         mo.push(M::AutoUnmount);
@@ -220,14 +294,16 @@ fn fuse_config(opts: &Options, source: &str, read_only: bool) -> fuser::Config {
 }
 
 /// Serves until unmounted (umount, fusermount3 -u) or SIGINT/SIGTERM/SIGHUP, which unmount.
-fn serve(mut session: fuser::Session<bridge::Bridge>, mnt: Arc<vfs_faction::Mount>) -> Result<(), Fail> {
+fn serve(
+    (session, mut unmounter): (fuser::Session<bridge::Bridge>, Unmounter),
+    mnt: Arc<vfs_faction::Mount>,
+) -> Result<(), Fail> {
     let mut signals = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         signals.add(s);
     }
     // Blocked here, so the FUSE worker threads inherit the mask and only sigwait sees them.
     let _ = signals.thread_block();
-    let mut unmounter = session.unmount_callable();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -250,6 +326,7 @@ fn daemonize_and_serve(
     bridge: bridge::Bridge,
     mountpoint: &Path,
     config: &fuser::Config,
+    how: &MountHow,
     mnt: Arc<vfs_faction::Mount>,
 ) -> Result<(), Fail> {
     let (rd, wr): (OwnedFd, OwnedFd) = nix::unistd::pipe().map_err(|e| Fail(EXIT_MOUNT, format!("pipe: {e}")))?;
@@ -271,7 +348,7 @@ fn daemonize_and_serve(
             drop(rd);
             let _ = nix::unistd::setsid();
             let mut status = std::fs::File::from(wr);
-            let session = match fuser::Session::new(bridge, mountpoint, config) {
+            let session = match open_session(bridge, mountpoint, config, how) {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = status.write_all(&[1]);

@@ -131,8 +131,8 @@ impl Options {
                 "cache" => {
                     let v = need(key, val)?;
                     self.cache_bytes = parse_size(v)
-                        .filter(|&n| n >= 1 << 20)
-                        .ok_or_else(|| OptionError(format!("cache={v}: need a size of at least 1M (e.g. 64M, 1G)")))?;
+                        .filter(|&n| n >= 64 << 10)
+                        .ok_or_else(|| OptionError(format!("cache={v}: need a size of at least 64K (e.g. 64M, 1G)")))?;
                 }
                 "partition" => self.partition = Some(need(key, val)?.to_string()),
                 "fsname" => self.fsname = Some(need(key, val)?.to_string()),
@@ -180,6 +180,8 @@ mod tests {
         assert!(o.apply("vcpus=0").is_err());
         assert!(o.apply("vcpus=x").is_err());
         assert!(o.apply("cache=1K").is_err());
+        o.apply("cache=512K").unwrap();
+        assert_eq!(o.cache_bytes, 512 << 10);
         assert!(o.apply("partition=").is_err());
         assert!(o.apply("ro=1").is_err());
     }
