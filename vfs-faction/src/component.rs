@@ -131,6 +131,19 @@ pub trait Component: Send + Sync {
         None
     }
 
+    /// Checks (and with `opts.repair` repairs) the file system on `dev` without mounting it.
+    /// Default: `EOPNOTSUPP`, "no checker for this file system".
+    fn fsck(
+        &self,
+        _ctx: &MountContext,
+        fstype: &str,
+        _dev: Arc<dyn BlockDevice>,
+        _opts: &crate::fsck::FsckOptions,
+        _sink: &mut dyn crate::fsck::FsckSink,
+    ) -> Result<crate::fsck::FsckSummary, MountError> {
+        Err(MountError::new(Errno::EOPNOTSUPP, format!("there is no checker for {fstype} yet")))
+    }
+
     /// Mounts `source` as `fstype` (one of [`Component::fs_types`]).
     fn mount(
         &self,

@@ -5,6 +5,7 @@
 //! the buffer cache; the driver owns the on-disk format. A driver trusts nothing on disk: every
 //! value is checked, and a bad one is `EIO` with a log line naming the inode or block.
 
+use crate::cred::Cred;
 use crate::errno::{Errno, KResult};
 use crate::hypercall::Timespec;
 use core::any::Any;
@@ -316,6 +317,38 @@ pub trait FileSystem: Send + Sync {
     /// Called once when the mount goes away, after the last operation: flush, mark clean.
     fn unmount(&self) -> KResult<()> {
         self.sync()
+    }
+
+    // Network file systems. Their server enforces permissions per user and other clients may
+    // change the files; these default methods let such a driver act for the caller and tell
+    // front ends how long to cache. Block-device drivers keep the defaults.
+
+    /// A view of this file system whose operations act for `cred` (the NFS client sends it as
+    /// AUTH_SYS with every call), or `None` when the driver does not care who asks. The kernel
+    /// calls it for each operation that carries credentials and then calls the operation on
+    /// the view; the view shares everything (vnode data, caches) with `self`.
+    fn for_cred(&self, _cred: &Cred) -> Option<Box<dyn FileSystem + '_>> {
+        None
+    }
+
+    /// access(2) as the file system decides it (NFS: the ACCESS call, which also revalidates
+    /// the attributes, for close-to-open consistency), or `None` to let the kernel check the
+    /// mode bits. Called on the view of [`FileSystem::for_cred`]. `mask`: R_OK, W_OK, X_OK.
+    fn access(&self, _vn: &Vnode, _mask: u32) -> Option<KResult<()>> {
+        None
+    }
+
+    /// A file descriptor on the file is being closed (FUSE flush). NFS writes back and commits
+    /// here, so that a write error reaches close(2) and others see the data after it.
+    fn flush(&self, _vn: &Vnode) -> KResult<()> {
+        Ok(())
+    }
+
+    /// How long a front end may cache names and attributes (and whether file contents may be
+    /// kept across opens: only with `None`). `None`: as long as the front end likes, because
+    /// this mount is the only writer. Network file systems return a short time.
+    fn cache_ttl(&self) -> Option<core::time::Duration> {
+        None
     }
 }
 

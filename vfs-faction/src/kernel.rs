@@ -128,6 +128,32 @@ impl Kernel {
         self.components.iter().flat_map(|c| c.fs_types().iter().copied()).collect::<Vec<_>>().join(", ")
     }
 
+    /// The component serving `fstype`, or, without one, the component that recognises `dev`.
+    fn resolve(
+        &self,
+        fstype: Option<&str>,
+        dev: Option<&dyn crate::hypercall::BlockDevice>,
+    ) -> Result<(Arc<dyn Component>, String), MountError> {
+        match (fstype, dev) {
+            (Some(t), _) => {
+                let c = self.components.iter().find(|c| c.fs_types().contains(&t)).ok_or_else(|| {
+                    MountError::new(
+                        Errno::ENODEV,
+                        format!("unknown file system type '{t}' (this kernel knows: {})", self.known_types()),
+                    )
+                })?;
+                Ok((c.clone(), t.to_string()))
+            }
+            (None, Some(dev)) => {
+                let (c, t) = self.probe(dev).ok_or_else(|| {
+                    MountError::new(Errno::EINVAL, format!("no file system this kernel knows ({})", self.known_types()))
+                })?;
+                Ok((c.clone(), t.to_string()))
+            }
+            (None, None) => Err(MountError::new(Errno::EINVAL, "a network mount needs a file system type (-t)")),
+        }
+    }
+
     /// Mounts `source`. With `fstype` `None`, a block device's type is detected by probing.
     pub fn mount(
         self: &Arc<Self>,
@@ -136,29 +162,11 @@ impl Kernel {
         source_name: &str,
         opts: &MountOptions,
     ) -> Result<Arc<Mount>, MountError> {
-        let (component, fstype): (Arc<dyn Component>, String) = match (fstype, &source) {
-            (Some(t), _) => {
-                let c = self.components.iter().find(|c| c.fs_types().contains(&t)).ok_or_else(|| {
-                    MountError::new(
-                        Errno::ENODEV,
-                        format!("unknown file system type '{t}' (this kernel knows: {})", self.known_types()),
-                    )
-                })?;
-                (c.clone(), t.to_string())
-            }
-            (None, MountSource::Block(dev)) => {
-                let (c, t) = self.probe(dev.as_ref()).ok_or_else(|| {
-                    MountError::new(
-                        Errno::EINVAL,
-                        format!("no file system this kernel knows ({})", self.known_types()),
-                    )
-                })?;
-                (c.clone(), t.to_string())
-            }
-            (None, MountSource::Network { .. }) => {
-                return Err(MountError::new(Errno::EINVAL, "a network mount needs a file system type (-t)"))
-            }
+        let dev = match &source {
+            MountSource::Block(d) => Some(d.as_ref()),
+            MountSource::Network { .. } => None,
         };
+        let (component, fstype) = self.resolve(fstype, dev)?;
         if matches!(source, MountSource::Block(_)) && !self.factions.contains(&Faction::Dev) {
             return Err(MountError::new(Errno::ENODEV, "block devices need the dev faction"));
         }
@@ -170,6 +178,21 @@ impl Kernel {
         table.retain(|m| m.strong_count() > 0);
         table.push(Arc::downgrade(&mnt));
         Ok(mnt)
+    }
+
+    /// Checks the file system on `dev` (type detected when `fstype` is `None`) with the
+    /// component that serves it.
+    pub fn fsck(
+        &self,
+        fstype: Option<&str>,
+        dev: Arc<dyn crate::hypercall::BlockDevice>,
+        opts: &crate::fsck::FsckOptions,
+        sink: &mut dyn crate::fsck::FsckSink,
+    ) -> Result<(String, crate::fsck::FsckSummary), MountError> {
+        let (component, fstype) = self.resolve(fstype, Some(dev.as_ref()))?;
+        let ctx = MountContext { hyper: self.hyper.clone(), cache: self.cache.clone() };
+        let summary = component.fsck(&ctx, &fstype, dev, opts, sink)?;
+        Ok((fstype, summary))
     }
 
     /// Mounts still alive.

@@ -13,6 +13,7 @@ pub mod component;
 pub mod cred;
 pub mod errno;
 pub mod fs;
+pub mod fsck;
 pub mod hypercall;
 pub mod kernel;
 pub mod memdev;
@@ -23,6 +24,7 @@ pub use component::{Component, Faction, MountContext, MountError, MountOptions, 
 pub use cred::Cred;
 pub use errno::{Errno, KResult};
 pub use fs::{Attr, DirEntry, FileSystem, FileType, Ino, NewNode, NodeData, RenameMode, SetAttr, StatFs, Vnode, XattrFlags};
+pub use fsck::{Finding, FsckOptions, FsckSink, FsckSummary, Repair};
 pub use hypercall::{BlockDevice, Hypercalls, OpenMode, Timespec};
 pub use kernel::{BootConfig, BootError, Kernel};
 pub use mount::{Mount, OpenFlags};

@@ -35,6 +35,22 @@ impl OpenFlags {
     }
 }
 
+/// The driver, acting for one caller ([`FileSystem::for_cred`]) or as itself.
+pub(crate) enum FsRef<'a> {
+    Shared(&'a dyn FileSystem),
+    Bound(Box<dyn FileSystem + 'a>),
+}
+
+impl<'a> core::ops::Deref for FsRef<'a> {
+    type Target = dyn FileSystem + 'a;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            FsRef::Shared(f) => *f,
+            FsRef::Bound(b) => b.as_ref(),
+        }
+    }
+}
+
 /// A mounted file system.
 pub struct Mount {
     id: u32,
@@ -109,6 +125,28 @@ impl Mount {
         &self.fs
     }
 
+    /// The driver acting for `cred` (drivers that do not care get the shared instance).
+    pub(crate) fn fs_as(&self, cred: &Cred) -> FsRef<'_> {
+        match self.fs.for_cred(cred) {
+            Some(b) => FsRef::Bound(b),
+            None => FsRef::Shared(self.fs.as_ref()),
+        }
+    }
+
+    /// How long front ends may cache names and attributes; `None`: as long as they like (see
+    /// [`FileSystem::cache_ttl`]).
+    pub fn cache_ttl(&self) -> Option<std::time::Duration> {
+        self.fs.cache_ttl()
+    }
+
+    /// Permission check: the driver's own (network file systems) or the mode bits.
+    fn permission(&self, fs: &dyn FileSystem, vn: &Vnode, a: &Attr, cred: &Cred, mask: u32) -> KResult<()> {
+        match fs.access(vn, mask) {
+            Some(r) => r,
+            None => check_access(a, cred, mask),
+        }
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<Ino, Arc<Vnode>>> {
         self.vnodes.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -164,7 +202,7 @@ impl Mount {
     }
 
     fn dir_search(&self, cred: &Cred, dir: &Vnode) -> KResult<Attr> {
-        let a = self.fs.getattr(dir)?;
+        let a = self.fs_as(cred).getattr(dir)?;
         if a.kind != FileType::Directory {
             return Err(Errno::ENOTDIR);
         }
@@ -186,7 +224,7 @@ impl Mount {
         if name == b".." && dir.ino == self.root.ino {
             return Ok(self.root.clone());
         }
-        let ino = self.fs.lookup(dir, name)?;
+        let ino = self.fs_as(cred).lookup(dir, name)?;
         self.vnode(ino)
     }
 
@@ -197,7 +235,7 @@ impl Mount {
         let r = self.lookup_vnode(cred, &d, name);
         self.release(d);
         let vn = r?;
-        match self.fs.getattr(&vn) {
+        match self.fs_as(cred).getattr(&vn) {
             Ok(a) => {
                 vn.nlookup.fetch_add(1, Ordering::AcqRel);
                 Ok(a)
@@ -230,19 +268,29 @@ impl Mount {
 
     /// access(2): checks `mask` (R_OK, W_OK, X_OK; 0 for existence) on `ino`.
     pub fn access(&self, cred: &Cred, ino: Ino, mask: u32) -> KResult<()> {
-        let a = self.getattr(ino)?;
-        if mask & W_OK != 0 && self.read_only && !matches!(a.kind, FileType::CharDevice | FileType::BlockDevice | FileType::Fifo | FileType::Socket) {
-            return Err(Errno::EROFS);
-        }
-        check_access(&a, cred, mask)
+        let vn = self.vnode(ino)?;
+        let fs = self.fs_as(cred);
+        let r = fs.getattr(&vn).and_then(|a| {
+            if mask & W_OK != 0 && self.read_only && !matches!(a.kind, FileType::CharDevice | FileType::BlockDevice | FileType::Fifo | FileType::Socket) {
+                return Err(Errno::EROFS);
+            }
+            if mask & 7 == 0 {
+                return Ok(());
+            }
+            self.permission(&*fs, &vn, &a, cred, mask)
+        });
+        drop(fs);
+        self.release(vn);
+        r
     }
 
     /// Opens a file: checks read/write permission and returns the vnode the handle holds
     /// (give it back with [`Mount::release`]).
     pub fn open(&self, cred: &Cred, ino: Ino, flags: OpenFlags) -> KResult<Arc<Vnode>> {
         let vn = self.vnode(ino)?;
+        let fs = self.fs_as(cred);
         let r = (|| {
-            let a = self.fs.getattr(&vn)?;
+            let a = fs.getattr(&vn)?;
             if a.kind == FileType::Directory && (flags.write || flags.truncate) {
                 return Err(Errno::EISDIR);
             }
@@ -256,8 +304,9 @@ impl Mount {
             if flags.write || flags.truncate {
                 mask |= W_OK;
             }
-            check_access(&a, cred, mask)
+            self.permission(&*fs, &vn, &a, cred, mask)
         })();
+        drop(fs);
         match r {
             Ok(()) => Ok(vn),
             Err(e) => {
@@ -270,12 +319,14 @@ impl Mount {
     /// Opens a directory for reading (read permission needed).
     pub fn opendir(&self, cred: &Cred, ino: Ino) -> KResult<Arc<Vnode>> {
         let vn = self.vnode(ino)?;
-        let r = self.fs.getattr(&vn).and_then(|a| {
+        let fs = self.fs_as(cred);
+        let r = fs.getattr(&vn).and_then(|a| {
             if a.kind != FileType::Directory {
                 return Err(Errno::ENOTDIR);
             }
-            check_access(&a, cred, R_OK)
+            self.permission(&*fs, &vn, &a, cred, R_OK)
         });
+        drop(fs);
         match r {
             Ok(()) => Ok(vn),
             Err(e) => {
@@ -287,6 +338,15 @@ impl Mount {
 
     /// Reads from an open file, tracking sequential access for read-ahead.
     pub fn read(&self, vn: &Vnode, off: u64, buf: &mut [u8]) -> KResult<usize> {
+        self.read_with(&FsRef::Shared(self.fs.as_ref()), vn, off, buf)
+    }
+
+    /// [`Mount::read`] for `cred`: a network file system reads as the caller.
+    pub fn read_as(&self, cred: &Cred, vn: &Vnode, off: u64, buf: &mut [u8]) -> KResult<usize> {
+        self.read_with(&self.fs_as(cred), vn, off, buf)
+    }
+
+    fn read_with(&self, fs: &FsRef<'_>, vn: &Vnode, off: u64, buf: &mut [u8]) -> KResult<usize> {
         let end = off.saturating_add(buf.len() as u64);
         let last = vn.last_read_end.swap(end, Ordering::AcqRel);
         // Concurrent FUSE readers may deliver a sequential stream slightly out of order.
@@ -300,7 +360,7 @@ impl Mount {
             vn.ra_window.store(0, Ordering::Release);
             0
         };
-        self.fs.read(vn, off, buf, window)
+        fs.read(vn, off, buf, window)
     }
 
     /// Target of symlink `ino`.
@@ -321,6 +381,11 @@ impl Mount {
         self.fs.readdir(dir, cookie, sink)
     }
 
+    /// [`Mount::readdir`] for `cred`: a network file system lists as the caller.
+    pub fn readdir_as(&self, cred: &Cred, dir: &Vnode, cookie: u64, sink: &mut dyn FnMut(&DirEntry<'_>) -> bool) -> KResult<()> {
+        self.fs_as(cred).readdir(dir, cookie, sink)
+    }
+
     /// READDIRPLUS: lists entries with their attributes. Each entry the sink accepts (returns
     /// `true`), other than `.` and `..`, counts one lookup reference, as FUSE expects.
     pub fn readdirplus(
@@ -329,8 +394,29 @@ impl Mount {
         cookie: u64,
         sink: &mut dyn FnMut(&DirEntry<'_>, &Attr) -> bool,
     ) -> KResult<()> {
+        self.readdirplus_with(&FsRef::Shared(self.fs.as_ref()), dir, cookie, sink)
+    }
+
+    /// [`Mount::readdirplus`] for `cred`: a network file system lists as the caller.
+    pub fn readdirplus_as(
+        &self,
+        cred: &Cred,
+        dir: &Vnode,
+        cookie: u64,
+        sink: &mut dyn FnMut(&DirEntry<'_>, &Attr) -> bool,
+    ) -> KResult<()> {
+        self.readdirplus_with(&self.fs_as(cred), dir, cookie, sink)
+    }
+
+    fn readdirplus_with(
+        &self,
+        fs: &FsRef<'_>,
+        dir: &Vnode,
+        cookie: u64,
+        sink: &mut dyn FnMut(&DirEntry<'_>, &Attr) -> bool,
+    ) -> KResult<()> {
         let mut err = None;
-        self.fs.readdir(dir, cookie, &mut |e| {
+        fs.readdir(dir, cookie, &mut |e| {
             let dots = e.name == b"." || e.name == b"..";
             let vn = match self.vnode(e.ino) {
                 Ok(v) => v,
@@ -340,7 +426,7 @@ impl Mount {
                     return false;
                 }
             };
-            let attr = match self.fs.getattr(&vn) {
+            let attr = match fs.getattr(&vn) {
                 Ok(a) => a,
                 Err(er) => {
                     err = Some(er);
@@ -388,11 +474,12 @@ impl Mount {
             return Err(Errno::ERANGE);
         }
         let vn = self.vnode(ino)?;
-        let r = self
-            .fs
+        let fs = self.fs_as(cred);
+        let r = fs
             .getattr(&vn)
             .and_then(|a| self.xattr_read_check(cred, &a, name))
-            .and_then(|()| self.fs.getxattr(&vn, name));
+            .and_then(|()| fs.getxattr(&vn, name));
+        drop(fs);
         self.release(vn);
         r
     }
@@ -400,7 +487,7 @@ impl Mount {
     /// listxattr(2): the names the caller may see (`trusted.` only for root).
     pub fn listxattr(&self, cred: &Cred, ino: Ino) -> KResult<Vec<Vec<u8>>> {
         let vn = self.vnode(ino)?;
-        let r = self.fs.listxattr(&vn);
+        let r = self.fs_as(cred).listxattr(&vn);
         self.release(vn);
         let mut names = r?;
         if !cred.is_root() {
@@ -414,7 +501,7 @@ impl Mount {
     /// `ENOTDIR`, `EACCES`, `ELOOP` (more than [`MAXSYMLINKS`] links), `ENAMETOOLONG`.
     pub fn namei(&self, cred: &Cred, path: &[u8], follow: bool) -> KResult<Attr> {
         let mut seen = Vec::new();
-        let r = self.namei_vnode(cred, path, follow, &mut seen).and_then(|vn| self.fs.getattr(&vn));
+        let r = self.namei_vnode(cred, path, follow, &mut seen).and_then(|vn| self.fs_as(cred).getattr(&vn));
         // Every vnode the walk touched is unreferenced now; let the cache drop them.
         for ino in seen {
             self.maybe_evict(ino);
@@ -440,6 +527,7 @@ impl Mount {
             todo.extend(comps);
         };
         push(&mut todo, path);
+        let fs = self.fs_as(cred);
         let mut cur = self.root.clone();
         let mut parents: Vec<Arc<Vnode>> = Vec::new();
         while let Some(name) = todo.pop() {
@@ -454,14 +542,14 @@ impl Mount {
                 self.lookup_vnode(cred, &cur, &name)?
             };
             seen.push(next.ino);
-            let a = self.fs.getattr(&next)?;
+            let a = fs.getattr(&next)?;
             let last = todo.is_empty();
             if a.kind == FileType::Symlink && (!last || follow) {
                 links += 1;
                 if links > MAXSYMLINKS {
                     return Err(Errno::ELOOP);
                 }
-                let target = self.fs.readlink(&next)?;
+                let target = fs.readlink(&next)?;
                 if target.is_empty() {
                     return Err(Errno::ENOENT);
                 }
@@ -486,6 +574,14 @@ impl Mount {
     /// Flushes everything the driver holds.
     pub fn sync(&self) -> KResult<()> {
         self.fs.sync()
+    }
+
+    /// A file descriptor on the open file `vn` is being closed (see [`FileSystem::flush`]).
+    pub fn flush(&self, cred: &Cred, vn: &Vnode) -> KResult<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.fs_as(cred).flush(vn)
     }
 
     /// Unmounts: flushes and lets the driver mark the file system clean. Idempotent.

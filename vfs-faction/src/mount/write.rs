@@ -2,6 +2,7 @@
 //! format are enforced here, once, for every driver.
 
 use super::Mount;
+use crate::fs::FileSystem;
 use crate::cred::{check_access, Cred, W_OK, X_OK};
 use crate::errno::{Errno, KResult};
 use crate::fs::{Attr, FileType, Ino, NewNode, RenameMode, SetAttr, Vnode, XattrFlags, NAME_MAX};
@@ -55,7 +56,7 @@ impl Mount {
 
     /// The directory `dir`, checked writable and searchable by `cred`.
     fn dir_for_change(&self, cred: &Cred, dir: &Vnode) -> KResult<Attr> {
-        let a = self.fs.getattr(dir)?;
+        let a = self.fs_as(cred).getattr(dir)?;
         if a.kind != FileType::Directory {
             return Err(Errno::ENOTDIR);
         }
@@ -73,8 +74,8 @@ impl Mount {
     }
 
     /// Looks `name` up without the search check (already done) and without counting.
-    fn child(&self, dir: &Vnode, name: &[u8]) -> KResult<Option<Arc<Vnode>>> {
-        match self.fs.lookup(dir, name) {
+    fn child(&self, fs: &dyn FileSystem, dir: &Vnode, name: &[u8]) -> KResult<Option<Arc<Vnode>>> {
+        match fs.lookup(dir, name) {
             Ok(ino) => self.vnode(ino).map(Some),
             Err(Errno::ENOENT) => Ok(None),
             Err(e) => Err(e),
@@ -99,6 +100,7 @@ impl Mount {
     /// (group from a setgid directory), and counts one lookup on it as FUSE expects.
     /// `perm` is already masked by the caller's umask.
     pub fn mknod(&self, cred: &Cred, dir: Ino, name: &[u8], kind: FileType, perm: u32, rdev: u32) -> KResult<Attr> {
+        let fs = self.fs_as(cred);
         self.writable()?;
         check_name(name)?;
         if kind == FileType::Symlink {
@@ -109,11 +111,11 @@ impl Mount {
         }
         let ino = self.with_vnode(dir, |d| {
             let da = self.dir_for_change(cred, d)?;
-            if is_dots(name) || self.child(d, name)?.map(|v| self.release(v)).is_some() {
+            if is_dots(name) || self.child(&*fs, d, name)?.map(|v| self.release(v)).is_some() {
                 return Err(Errno::EEXIST);
             }
             let node = self.new_node(cred, &da, kind, perm, rdev);
-            self.fs.create(d, name, &node)
+            fs.create(d, name, &node)
         })?;
         self.counted(ino)
     }
@@ -136,6 +138,7 @@ impl Mount {
 
     /// Creates a symbolic link.
     pub fn symlink(&self, cred: &Cred, dir: Ino, name: &[u8], target: &[u8]) -> KResult<Attr> {
+        let fs = self.fs_as(cred);
         self.writable()?;
         check_name(name)?;
         if target.is_empty() {
@@ -146,29 +149,30 @@ impl Mount {
         }
         let ino = self.with_vnode(dir, |d| {
             let da = self.dir_for_change(cred, d)?;
-            if is_dots(name) || self.child(d, name)?.map(|v| self.release(v)).is_some() {
+            if is_dots(name) || self.child(&*fs, d, name)?.map(|v| self.release(v)).is_some() {
                 return Err(Errno::EEXIST);
             }
             let node = self.new_node(cred, &da, FileType::Symlink, 0o777, 0);
-            self.fs.symlink(d, name, target, &node)
+            fs.symlink(d, name, target, &node)
         })?;
         self.counted(ino)
     }
 
     /// Makes `newdir/newname` another link to `ino`.
     pub fn link(&self, cred: &Cred, ino: Ino, newdir: Ino, newname: &[u8]) -> KResult<Attr> {
+        let fs = self.fs_as(cred);
         self.writable()?;
         check_name(newname)?;
         self.with_vnode(ino, |vn| {
-            if self.fs.getattr(vn)?.kind == FileType::Directory {
+            if fs.getattr(vn)?.kind == FileType::Directory {
                 return Err(Errno::EPERM);
             }
             self.with_vnode(newdir, |d| {
                 self.dir_for_change(cred, d)?;
-                if is_dots(newname) || self.child(d, newname)?.map(|v| self.release(v)).is_some() {
+                if is_dots(newname) || self.child(&*fs, d, newname)?.map(|v| self.release(v)).is_some() {
                     return Err(Errno::EEXIST);
                 }
-                self.fs.link(vn, d, newname)
+                fs.link(vn, d, newname)
             })
         })?;
         self.counted(ino)
@@ -176,6 +180,7 @@ impl Mount {
 
     /// Removes a non-directory entry.
     pub fn unlink(&self, cred: &Cred, dir: Ino, name: &[u8]) -> KResult<()> {
+        let fs = self.fs_as(cred);
         self.writable()?;
         check_name(name)?;
         if is_dots(name) {
@@ -183,13 +188,13 @@ impl Mount {
         }
         self.with_vnode(dir, |d| {
             let da = self.dir_for_change(cred, d)?;
-            let vn = self.child(d, name)?.ok_or(Errno::ENOENT)?;
-            let r = self.fs.getattr(&vn).and_then(|a| {
+            let vn = self.child(&*fs, d, name)?.ok_or(Errno::ENOENT)?;
+            let r = fs.getattr(&vn).and_then(|a| {
                 if a.kind == FileType::Directory {
                     return Err(Errno::EISDIR);
                 }
                 Self::sticky_ok(cred, &da, &a)?;
-                self.fs.unlink(d, name, &vn)
+                fs.unlink(d, name, &vn)
             });
             self.release(vn);
             r
@@ -198,6 +203,7 @@ impl Mount {
 
     /// Removes an empty directory.
     pub fn rmdir(&self, cred: &Cred, dir: Ino, name: &[u8]) -> KResult<()> {
+        let fs = self.fs_as(cred);
         self.writable()?;
         check_name(name)?;
         if name == b"." {
@@ -208,8 +214,8 @@ impl Mount {
         }
         self.with_vnode(dir, |d| {
             let da = self.dir_for_change(cred, d)?;
-            let vn = self.child(d, name)?.ok_or(Errno::ENOENT)?;
-            let r = self.fs.getattr(&vn).and_then(|a| {
+            let vn = self.child(&*fs, d, name)?.ok_or(Errno::ENOENT)?;
+            let r = fs.getattr(&vn).and_then(|a| {
                 if a.kind != FileType::Directory {
                     return Err(Errno::ENOTDIR);
                 }
@@ -217,7 +223,7 @@ impl Mount {
                     return Err(Errno::EBUSY);
                 }
                 Self::sticky_ok(cred, &da, &a)?;
-                self.fs.rmdir(d, name, &vn)
+                fs.rmdir(d, name, &vn)
             });
             self.release(vn);
             r
@@ -257,6 +263,7 @@ impl Mount {
         dname: &[u8],
         mode: RenameMode,
     ) -> KResult<()> {
+        let fs = self.fs_as(cred);
         self.writable()?;
         check_name(sname)?;
         check_name(dname)?;
@@ -275,16 +282,16 @@ impl Mount {
         let r = (|| {
             let sda = self.dir_for_change(cred, &sd)?;
             let dda = self.dir_for_change(cred, &dd)?;
-            let sv = self.child(&sd, sname)?.ok_or(Errno::ENOENT)?;
+            let sv = self.child(&*fs, &sd, sname)?.ok_or(Errno::ENOENT)?;
             held.push(sv.clone());
-            let dv = self.child(&dd, dname)?;
+            let dv = self.child(&*fs, &dd, dname)?;
             if let Some(v) = &dv {
                 held.push(v.clone());
             }
-            let sa = self.fs.getattr(&sv)?;
+            let sa = fs.getattr(&sv)?;
             Self::sticky_ok(cred, &sda, &sa)?;
             let da = match &dv {
-                Some(v) => Some(self.fs.getattr(v)?),
+                Some(v) => Some(fs.getattr(v)?),
                 None => None,
             };
             match (mode, &da) {
@@ -323,7 +330,7 @@ impl Mount {
                     moves(da, dd.ino, &sd)?;
                 }
             }
-            self.fs.rename(&sd, sname, &sv, &dd, dname, dv.as_deref(), mode)
+            fs.rename(&sd, sname, &sv, &dd, dname, dv.as_deref(), mode)
         })();
         for v in held {
             self.release(v);
@@ -336,14 +343,15 @@ impl Mount {
     /// Writes to an open file. A write by anyone but root clears setuid, and setgid when the
     /// group may execute, as Linux does.
     pub fn write(&self, cred: &Cred, vn: &Vnode, off: u64, data: &[u8]) -> KResult<usize> {
+        let fs = self.fs_as(cred);
         self.writable()?;
-        let n = self.fs.write(vn, off, data)?;
+        let n = fs.write(vn, off, data)?;
         if !cred.is_root() {
-            let a = self.fs.getattr(vn)?;
+            let a = fs.getattr(vn)?;
             let kill = a.perm & S_ISUID != 0 || a.perm & (S_ISGID | 0o010) == S_ISGID | 0o010;
             if kill && a.kind == FileType::Regular {
                 let perm = a.perm & !S_ISUID & !(if a.perm & 0o010 != 0 { S_ISGID } else { 0 });
-                self.fs.setattr(vn, &SetAttr { perm: Some(perm), ..Default::default() })?;
+                fs.setattr(vn, &SetAttr { perm: Some(perm), ..Default::default() })?;
             }
         }
         Ok(n)
@@ -365,8 +373,9 @@ impl Mount {
         mtime: Option<TimeSet>,
         via_handle: bool,
     ) -> KResult<Attr> {
+        let fs = self.fs_as(cred);
         self.with_vnode(ino, |vn| {
-            let a = self.fs.getattr(vn)?;
+            let a = fs.getattr(vn)?;
             let nothing = perm.is_none() && uid.is_none() && gid.is_none() && size.is_none() && atime.is_none() && mtime.is_none();
             if nothing {
                 return Ok(a);
@@ -434,7 +443,7 @@ impl Mount {
                 set.atime = atime.map(t);
                 set.mtime = mtime.map(t);
             }
-            self.fs.setattr(vn, &set)
+            fs.setattr(vn, &set)
         })
     }
 
@@ -464,22 +473,24 @@ impl Mount {
 
     /// setxattr(2).
     pub fn setxattr(&self, cred: &Cred, ino: Ino, name: &[u8], value: &[u8], flags: XattrFlags) -> KResult<()> {
+        let fs = self.fs_as(cred);
         if value.len() > 65536 {
             return Err(Errno::E2BIG);
         }
         self.with_vnode(ino, |vn| {
-            let a = self.fs.getattr(vn)?;
+            let a = fs.getattr(vn)?;
             self.xattr_write_check(cred, &a, name)?;
-            self.fs.setxattr(vn, name, value, flags)
+            fs.setxattr(vn, name, value, flags)
         })
     }
 
     /// removexattr(2).
     pub fn removexattr(&self, cred: &Cred, ino: Ino, name: &[u8]) -> KResult<()> {
+        let fs = self.fs_as(cred);
         self.with_vnode(ino, |vn| {
-            let a = self.fs.getattr(vn)?;
+            let a = fs.getattr(vn)?;
             self.xattr_write_check(cred, &a, name)?;
-            self.fs.removexattr(vn, name)
+            fs.removexattr(vn, name)
         })
     }
 
