@@ -55,7 +55,7 @@ pub fn walk<'a>(
             (usize::from(le16(block, pos + 6)), 0)
         };
         let need = (8 + name_len + 3) & !3;
-        if rl < 8 || rl % 4 != 0 || pos + rl > bs || (inode != 0 && (name_len > 255 || rl < need)) {
+        if rl < 8 || rl & 3 != 0 || pos + rl > bs || (inode != 0 && (name_len > 255 || rl < need)) {
             return Err(format!(
                 "record at offset {pos}: rec_len {rl}, name_len {name_len} is invalid in a {bs}-byte block"
             ));

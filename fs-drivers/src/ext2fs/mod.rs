@@ -220,10 +220,11 @@ impl Ext2Fs {
         let g = ((ino - 1) / ipg) as usize;
         let index = (ino - 1) % ipg;
         let grp = self.groups.get(g).ok_or(Errno::ESTALE)?;
-        if self.sb.has_ro_compat(superblock::ro_compat::GDT_CSUM) || self.sb.metadata_csum() {
-            if grp.flags & group::BG_INODE_UNINIT != 0 || index >= ipg.saturating_sub(grp.itable_unused) {
-                return Err(Errno::ENOENT);
-            }
+        let group_csums = self.sb.has_ro_compat(superblock::ro_compat::GDT_CSUM) || self.sb.metadata_csum();
+        if group_csums
+            && (grp.flags & group::BG_INODE_UNINIT != 0 || index >= ipg.saturating_sub(grp.itable_unused))
+        {
+            return Err(Errno::ENOENT);
         }
         let isz = u64::from(self.sb.inode_size);
         let off = u64::from(index) * isz;
@@ -384,7 +385,7 @@ impl Ext2Fs {
                 Some(p) => {
                     let last = done + bytes == len;
                     let ahead = if last { run.len.saturating_sub(n) } else { 0 };
-                    if boff == 0 && bytes % bsu == 0 {
+                    if boff == 0 && bytes & (bsu - 1) == 0 {
                         self.dev.read_blocks(p, n, dst, ahead)?;
                     } else if boff == 0 && bytes > bsu {
                         // Whole blocks first; the partial tail on the next round.

@@ -270,7 +270,7 @@ impl Superblock {
             1
         };
         if blocks_per_group == 0
-            || blocks_per_group % 8 != 0
+            || blocks_per_group & 7 != 0
             || blocks_per_group > bits_per_block.saturating_mul(cluster_ratio)
         {
             return Err(corrupt(format!("{blocks_per_group} blocks per group is out of range")));
@@ -301,7 +301,7 @@ impl Superblock {
         }
         let desc_size = if bit64 {
             let d = u32::from(le16(raw, f::DESC_SIZE));
-            if d < 64 || d > 1024 || !d.is_power_of_two() || d > block_size {
+            if !(64..=1024).contains(&d) || !d.is_power_of_two() || d > block_size {
                 return Err(corrupt(format!("group descriptor size {d} is invalid with 64bit")));
             }
             d

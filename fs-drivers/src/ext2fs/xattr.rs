@@ -52,7 +52,8 @@ pub fn parse(area: &[u8], entries: usize, value_base: usize) -> Result<Vec<Xattr
         let value_inum = le32(area, pos + 4);
         let value_size = le32(area, pos + 8) as usize;
         let name_end = pos + 16 + name_len;
-        if name_len == 0 || name_end > area.len() {
+        // The ACL entries (indexes 2 and 3) have empty names.
+        if name_end > area.len() || (name_len == 0 && !matches!(index, 2 | 3 | 8)) {
             return Err(format!("entry at offset {pos}: name of {name_len} bytes does not fit"));
         }
         let name = &area[pos + 16..name_end];
@@ -169,7 +170,7 @@ mod tests {
         area.extend_from_slice(&vsize.to_le_bytes());
         area.extend_from_slice(&0u32.to_le_bytes());
         area.extend_from_slice(name);
-        while area.len() % 4 != 0 {
+        while area.len() & 3 != 0 {
             area.push(0);
         }
     }
