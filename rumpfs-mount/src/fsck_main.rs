@@ -326,6 +326,9 @@ fn run() -> i32 {
     exit
 }
 
+/// A file system to check: its device and the partition number it came from.
+type Target = (Arc<dyn BlockDevice>, Option<u32>);
+
 /// The file systems to check on `image`: the requested partition, the whole image when it has
 /// no partition table, else every partition holding a file system the kernel knows.
 fn targets(
@@ -333,7 +336,7 @@ fn targets(
     image: &str,
     mode: OpenMode,
     partition: Option<&str>,
-) -> Result<Vec<(Arc<dyn BlockDevice>, Option<u32>)>, String> {
+) -> Result<Vec<Target>, String> {
     let dev: Arc<dyn BlockDevice> = images::open_image(Path::new(image), mode).map_err(|e| e.to_string())?;
     let probe = |d: &dyn BlockDevice| kernel.probe(d).map(|(_, t)| t);
     if partition.is_some() || kernel.probe(dev.as_ref()).is_some() {
