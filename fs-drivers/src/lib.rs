@@ -4,11 +4,12 @@
 #![forbid(unsafe_code)]
 
 pub mod ext2fs;
+pub mod nfs;
 
 use std::sync::Arc;
 use vfs_faction::Component;
 
 /// Every driver component this crate provides.
 pub fn all_components() -> Vec<Arc<dyn Component>> {
-    vec![Arc::new(ext2fs::Ext2Component)]
+    vec![Arc::new(ext2fs::Ext2Component), Arc::new(nfs::NfsComponent)]
 }

@@ -1,0 +1,619 @@
+//! ONC RPC v2 over TCP (RFC 5531): call messages, AUTH_NONE and AUTH_SYS, record marking,
+//! reply parsing, a one-shot synchronous connection (portmapper, MOUNT, the mount-time NFS
+//! calls) and [`Client`], which keeps many calls in flight on one connection.
+//!
+//! [`Client`] matches replies to calls by XID in a receiver thread (one per connection,
+//! started through the thread hypercall), retransmits a call that gets no answer in time,
+//! reconnects when the server closes the connection or restarts and resends every call that
+//! was outstanding, and gives up only on a `soft` mount (then `EIO`, like Linux).
+
+use super::xdr::{malformed, Dec, Enc};
+use core::net::SocketAddr;
+use core::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use vfs_faction::hypercall::{ConnectOptions, Socket, ThreadHandle};
+use vfs_faction::{Errno, Hypercalls, KResult};
+
+pub const AUTH_NONE: u32 = 0;
+pub const AUTH_SYS: u32 = 1;
+/// RPC protocol version.
+const RPC_VERS: u32 = 2;
+const CALL: u32 = 0;
+const REPLY: u32 = 1;
+/// Last-fragment bit of a record mark.
+const LAST_FRAG: u32 = 0x8000_0000;
+/// Largest fragment we send.
+pub const DEFAULT_MAX_FRAG: usize = 1 << 20;
+/// Largest AUTH_SYS group list (RFC 5531).
+const MAX_GIDS: usize = 16;
+
+/// Credentials sent with a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Auth {
+    None,
+    Sys { uid: u32, gid: u32, gids: Vec<u32> },
+}
+
+impl Auth {
+    fn encode(&self, e: &mut Enc, stamp: u32) {
+        match self {
+            Auth::None => {
+                e.u32(AUTH_NONE).u32(0);
+            }
+            Auth::Sys { uid, gid, gids } => {
+                let mut b = Enc::new();
+                b.u32(stamp).opaque(b"rumpfs").u32(*uid).u32(*gid);
+                let gids = &gids[..gids.len().min(MAX_GIDS)];
+                b.u32(gids.len() as u32);
+                for g in gids {
+                    b.u32(*g);
+                }
+                e.u32(AUTH_SYS).opaque(&b.buf);
+            }
+        }
+    }
+}
+
+/// Encodes a call message (without record marking).
+pub fn encode_call(xid: u32, prog: u32, vers: u32, proc_: u32, auth: &Auth, args: &[u8]) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.u32(xid).u32(CALL).u32(RPC_VERS).u32(prog).u32(vers).u32(proc_);
+    auth.encode(&mut e, xid);
+    e.u32(AUTH_NONE).u32(0); // verifier
+    e.buf.extend_from_slice(args);
+    e.buf
+}
+
+/// Record marking: `msg` as fragments of at most `max_frag` bytes, the last one flagged.
+pub fn record_mark(msg: &[u8], max_frag: usize) -> Vec<u8> {
+    let max_frag = max_frag.clamp(1, 0x7fff_ffff);
+    let mut out = Vec::with_capacity(msg.len() + 4 * (msg.len() / max_frag + 1));
+    let mut chunks = msg.chunks(max_frag).peekable();
+    if chunks.peek().is_none() {
+        out.extend_from_slice(&LAST_FRAG.to_be_bytes());
+    }
+    while let Some(c) = chunks.next() {
+        let last = if chunks.peek().is_none() { LAST_FRAG } else { 0 };
+        out.extend_from_slice(&(last | c.len() as u32).to_be_bytes());
+        out.extend_from_slice(c);
+    }
+    out
+}
+
+fn recv_exact(sock: &dyn Socket, buf: &mut [u8], timeout: Option<Duration>) -> KResult<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = sock.recv(&mut buf[got..], timeout)?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(false);
+            }
+            log::warn!("nfs: connection closed in the middle of a record");
+            return Err(Errno::ECONNRESET);
+        }
+        got += n;
+    }
+    Ok(true)
+}
+
+/// Reads one record (all its fragments) of at most `max` bytes. `None` at a clean end of the
+/// stream. An oversized record is `EIO` before anything of its size is allocated.
+pub fn read_record(sock: &dyn Socket, max: usize, timeout: Option<Duration>) -> KResult<Option<Vec<u8>>> {
+    let mut rec = Vec::new();
+    let mut first = true;
+    loop {
+        let mut hdr = [0u8; 4];
+        if !recv_exact(sock, &mut hdr, timeout)? {
+            if first {
+                return Ok(None);
+            }
+            return Err(Errno::ECONNRESET);
+        }
+        first = false;
+        let mark = u32::from_be_bytes(hdr);
+        let len = (mark & !LAST_FRAG) as usize;
+        let total = rec.len().checked_add(len).ok_or_else(|| malformed("record length overflow"))?;
+        if total > max {
+            return Err(malformed(&format!("record of {total} bytes over the limit {max}")));
+        }
+        let start = rec.len();
+        rec.resize(total, 0);
+        if len > 0 && !recv_exact(sock, &mut rec[start..], timeout)? {
+            return Err(Errno::ECONNRESET);
+        }
+        if mark & LAST_FRAG != 0 {
+            return Ok(Some(rec));
+        }
+    }
+}
+
+fn send_all(sock: &dyn Socket, mut buf: &[u8]) -> KResult<()> {
+    while !buf.is_empty() {
+        let n = sock.send(buf)?;
+        if n == 0 {
+            return Err(Errno::ECONNRESET);
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+/// A reply whose header has been checked: the results start at `off`.
+#[derive(Debug)]
+pub struct Reply {
+    pub msg: Vec<u8>,
+    off: usize,
+}
+
+impl Reply {
+    /// The procedure's results.
+    pub fn body(&self) -> &[u8] {
+        &self.msg[self.off..]
+    }
+}
+
+/// The XID of a reply record (its first word).
+pub fn reply_xid(msg: &[u8]) -> Option<u32> {
+    msg.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Checks a reply message: a REPLY, accepted, SUCCESS. Other outcomes become errnos: an
+/// authentication error `EACCES`, an unknown program, version or procedure `EOPNOTSUPP`,
+/// garbage arguments `EINVAL`, anything else `EIO`.
+pub fn parse_reply(msg: Vec<u8>) -> KResult<Reply> {
+    let mut d = Dec::new(&msg);
+    let _xid = d.u32()?;
+    if d.u32()? != REPLY {
+        return Err(malformed("a call where a reply was expected"));
+    }
+    match d.u32()? {
+        0 => {
+            let _flavor = d.u32()?;
+            d.opaque(400)?;
+            match d.u32()? {
+                0 => {
+                    let off = msg.len() - d.remaining();
+                    Ok(Reply { msg, off })
+                }
+                1 => {
+                    log::warn!("nfs: server: program unavailable");
+                    Err(Errno::EOPNOTSUPP)
+                }
+                2 => {
+                    let (lo, hi) = (d.u32()?, d.u32()?);
+                    log::warn!("nfs: server: program version mismatch (it has {lo}..{hi})");
+                    Err(Errno::EOPNOTSUPP)
+                }
+                3 => {
+                    log::warn!("nfs: server: procedure unavailable");
+                    Err(Errno::EOPNOTSUPP)
+                }
+                4 => Err(Errno::EINVAL),
+                5 => Err(Errno::EIO),
+                s => Err(malformed(&format!("accept status {s}"))),
+            }
+        }
+        1 => match d.u32()? {
+            0 => {
+                log::warn!("nfs: server: RPC version mismatch");
+                Err(Errno::EIO)
+            }
+            1 => {
+                let why = d.u32().unwrap_or(0);
+                log::warn!("nfs: server refused our credentials (auth_stat {why})");
+                Err(Errno::EACCES)
+            }
+            s => Err(malformed(&format!("reject status {s}"))),
+        },
+        s => Err(malformed(&format!("reply status {s}"))),
+    }
+}
+
+/// Largest reply record we accept: the largest READ (1 MiB) or READDIRPLUS plus headers.
+pub const MAX_RECORD: usize = (1 << 20) + (64 << 10);
+
+/// A synchronous connection for the few calls made while mounting (no threads: the mount
+/// may fork into the background afterwards).
+pub struct SyncConn {
+    sock: Box<dyn Socket>,
+    xid: u32,
+    timeout: Duration,
+}
+
+impl SyncConn {
+    pub fn connect(hyper: &dyn Hypercalls, addr: SocketAddr, resvport: bool, timeout: Duration) -> KResult<SyncConn> {
+        let sock = hyper.connect(addr, ConnectOptions { reserved_port: resvport, timeout: Some(timeout) })?;
+        let mut x = [0u8; 4];
+        hyper.random(&mut x);
+        Ok(SyncConn { sock, xid: u32::from_ne_bytes(x), timeout })
+    }
+
+    /// One call; waits at most the connection's timeout for the reply.
+    pub fn call(&mut self, prog: u32, vers: u32, proc_: u32, auth: &Auth, args: &[u8]) -> KResult<Reply> {
+        self.xid = self.xid.wrapping_add(1);
+        let xid = self.xid;
+        send_all(self.sock.as_ref(), &record_mark(&encode_call(xid, prog, vers, proc_, auth, args), DEFAULT_MAX_FRAG))?;
+        loop {
+            let rec = read_record(self.sock.as_ref(), MAX_RECORD, Some(self.timeout))?.ok_or(Errno::ECONNRESET)?;
+            if reply_xid(&rec) == Some(xid) {
+                return parse_reply(rec);
+            }
+        }
+    }
+}
+
+impl Drop for SyncConn {
+    fn drop(&mut self) {
+        self.sock.shutdown();
+    }
+}
+
+/// Retransmission and failure policy (`timeo=`, `retrans=`, `soft`/`hard`).
+#[derive(Clone, Debug)]
+pub struct RpcOpts {
+    /// Time to wait for a reply before retransmitting; grows linearly with each retry.
+    pub timeo: Duration,
+    /// Retransmissions before a soft mount gives up.
+    pub retrans: u32,
+    /// Give up (EIO) after `retrans` retransmissions instead of retrying forever.
+    pub soft: bool,
+    /// Bind a reserved source port.
+    pub resvport: bool,
+    /// Largest fragment we send.
+    pub max_frag: usize,
+}
+
+impl Default for RpcOpts {
+    fn default() -> RpcOpts {
+        RpcOpts { timeo: Duration::from_secs(60), retrans: 2, soft: false, resvport: false, max_frag: DEFAULT_MAX_FRAG }
+    }
+}
+
+struct Conn {
+    sock: Box<dyn Socket>,
+    gen: u64,
+    send_lock: Mutex<()>,
+    dead: AtomicBool,
+}
+
+impl Conn {
+    fn kill(&self) {
+        if !self.dead.swap(true, Ordering::AcqRel) {
+            self.sock.shutdown();
+        }
+    }
+}
+
+struct Call {
+    msg: Arc<Vec<u8>>,
+    /// Connection generation it was last sent on (0: not sent yet).
+    sent_gen: u64,
+    reply: Option<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct St {
+    conn: Option<Arc<Conn>>,
+    gen: u64,
+    connecting: bool,
+    closed: bool,
+    next_xid: u32,
+    calls: HashMap<u32, Call>,
+    threads: Vec<Box<dyn ThreadHandle>>,
+    warned: bool,
+}
+
+struct Shared {
+    st: Mutex<St>,
+    cv: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, St> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A call started with [`Client::start`], to be collected with [`Client::wait`] (or dropped
+/// with [`Client::cancel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending(u32);
+
+/// An RPC client for one program on one server address, many calls in flight.
+pub struct Client {
+    hyper: Arc<dyn Hypercalls>,
+    addr: SocketAddr,
+    prog: u32,
+    vers: u32,
+    opts: RpcOpts,
+    sh: Arc<Shared>,
+    /// Name for log lines (`127.0.0.1:/export`).
+    name: String,
+}
+
+impl Client {
+    /// A client; it connects on first use.
+    pub fn new(hyper: Arc<dyn Hypercalls>, addr: SocketAddr, prog: u32, vers: u32, opts: RpcOpts, name: String) -> Client {
+        let mut x = [0u8; 4];
+        hyper.random(&mut x);
+        let st = St { next_xid: u32::from_ne_bytes(x), ..Default::default() };
+        Client { hyper, addr, prog, vers, opts, sh: Arc::new(Shared { st: Mutex::new(st), cv: Condvar::new() }), name }
+    }
+
+    pub fn opts(&self) -> &RpcOpts {
+        &self.opts
+    }
+
+    /// A call and its reply.
+    pub fn call(&self, proc_: u32, auth: &Auth, args: &[u8]) -> KResult<Reply> {
+        let p = self.start(proc_, auth, args);
+        self.wait(p)
+    }
+
+    /// Sends a call without waiting for its reply.
+    pub fn start(&self, proc_: u32, auth: &Auth, args: &[u8]) -> Pending {
+        let xid = {
+            let mut st = self.sh.lock();
+            let mut xid = st.next_xid;
+            while xid == 0 || st.calls.contains_key(&xid) {
+                xid = xid.wrapping_add(1);
+            }
+            st.next_xid = xid.wrapping_add(1);
+            let msg = record_mark(&encode_call(xid, self.prog, self.vers, proc_, auth, args), self.opts.max_frag);
+            st.calls.insert(xid, Call { msg: Arc::new(msg), sent_gen: 0, reply: None });
+            xid
+        };
+        // Best effort now; `wait` retries whatever did not go out.
+        if let Ok(conn) = self.try_conn(false) {
+            self.transmit(xid, &conn);
+        }
+        Pending(xid)
+    }
+
+    /// Forgets a call whose reply nobody will collect.
+    pub fn cancel(&self, p: Pending) {
+        self.sh.lock().calls.remove(&p.0);
+    }
+
+    /// The current connection, or a new one (`connect`: may block connecting).
+    fn try_conn(&self, wait_for_others: bool) -> KResult<Arc<Conn>> {
+        let mut st = self.sh.lock();
+        loop {
+            if st.closed {
+                return Err(Errno::EIO);
+            }
+            if let Some(c) = &st.conn {
+                if !c.dead.load(Ordering::Acquire) {
+                    return Ok(c.clone());
+                }
+                st.conn = None;
+            }
+            if !st.connecting {
+                break;
+            }
+            if !wait_for_others {
+                return Err(Errno::ENOTCONN);
+            }
+            st = self.sh.cv.wait_timeout(st, self.opts.timeo).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        st.connecting = true;
+        drop(st);
+        let r = self
+            .hyper
+            .connect(self.addr, ConnectOptions { reserved_port: self.opts.resvport, timeout: Some(self.opts.timeo.min(Duration::from_secs(30))) });
+        let mut st = self.sh.lock();
+        st.connecting = false;
+        self.sh.cv.notify_all();
+        let sock = r?;
+        st.gen += 1;
+        let conn = Arc::new(Conn { sock, gen: st.gen, send_lock: Mutex::new(()), dead: AtomicBool::new(false) });
+        if st.closed {
+            conn.kill();
+            return Err(Errno::EIO);
+        }
+        let (sh, c2) = (self.sh.clone(), conn.clone());
+        let name = self.name.clone();
+        match self.hyper.spawn_thread("nfs-rpc-rx", Box::new(move || receiver(sh, c2, name))) {
+            Ok(h) => {
+                st.threads.push(h);
+            }
+            Err(e) => {
+                conn.kill();
+                return Err(e);
+            }
+        }
+        if st.warned {
+            log::warn!("nfs: server {} is back", self.name);
+            st.warned = false;
+        }
+        log::debug!("nfs: connected to {} (connection {})", self.addr, conn.gen);
+        st.conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends call `xid` on `conn`; on failure the connection is dropped (the waiter resends).
+    fn transmit(&self, xid: u32, conn: &Arc<Conn>) {
+        let msg = {
+            let mut st = self.sh.lock();
+            match st.calls.get_mut(&xid) {
+                Some(c) if c.reply.is_none() => {
+                    c.sent_gen = conn.gen;
+                    c.msg.clone()
+                }
+                _ => return,
+            }
+        };
+        let _g = conn.send_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = send_all(conn.sock.as_ref(), &msg) {
+            log::debug!("nfs: send to {}: {e:?}", self.addr);
+            conn.kill();
+        }
+    }
+
+    /// Waits for the reply of `p`, retransmitting and reconnecting as needed.
+    pub fn wait(&self, p: Pending) -> KResult<Reply> {
+        self.wait_limited(p, None)
+    }
+
+    /// [`Client::wait`], but never longer than `limit` in all (then `EIO`), whatever the mount
+    /// policy: used at unmount so that a dead server cannot hang it.
+    pub fn wait_limited(&self, p: Pending, limit: Option<Duration>) -> KResult<Reply> {
+        let xid = p.0;
+        let start = self.hyper.clock_monotonic();
+        let mut tries: u32 = 0;
+        let mut sent_at = start;
+        let give_up = |st: &mut St, why: &str| {
+            st.calls.remove(&xid);
+            log::warn!("nfs: server {} {why}: giving up (soft mount)", self.name);
+            Errno::EIO
+        };
+        loop {
+            let mut st = self.sh.lock();
+            let Some(call) = st.calls.get_mut(&xid) else { return Err(Errno::EIO) };
+            if let Some(msg) = call.reply.take() {
+                st.calls.remove(&xid);
+                return parse_reply(msg);
+            }
+            let sent_gen = call.sent_gen;
+            if st.closed {
+                st.calls.remove(&xid);
+                return Err(Errno::EIO);
+            }
+            let now = self.hyper.clock_monotonic();
+            if limit.is_some_and(|l| now.saturating_sub(start) >= l) {
+                st.calls.remove(&xid);
+                return Err(Errno::EIO);
+            }
+            let timeo = self.opts.timeo.saturating_mul(tries + 1).min(Duration::from_secs(600));
+            let live = st.conn.as_ref().filter(|c| !c.dead.load(Ordering::Acquire)).map(|c| c.gen);
+            if live.is_none() || live != Some(sent_gen) {
+                // Not sent on the current connection: (re)connect and resend.
+                drop(st);
+                match self.try_conn(true) {
+                    Ok(conn) => {
+                        self.transmit(xid, &conn);
+                        sent_at = self.hyper.clock_monotonic();
+                    }
+                    Err(e) => {
+                        tries += 1;
+                        let mut st = self.sh.lock();
+                        if self.opts.soft && tries > self.opts.retrans {
+                            return Err(give_up(&mut st, &format!("unreachable ({})", e.name())));
+                        }
+                        if !st.warned {
+                            log::warn!("nfs: server {} not responding ({}), still trying", self.name, e.name());
+                            st.warned = true;
+                        }
+                        // Wait before the next attempt (woken early by a reply or a new connection).
+                        let pause = timeo.min(Duration::from_secs(1) * tries.min(10));
+                        let pause = limit.map_or(pause, |l| pause.min(l));
+                        let _ = self.sh.cv.wait_timeout(st, pause);
+                    }
+                }
+                continue;
+            }
+            let elapsed = now.saturating_sub(sent_at);
+            if elapsed >= timeo {
+                tries += 1;
+                if self.opts.soft && tries > self.opts.retrans {
+                    return Err(give_up(&mut st, "timed out"));
+                }
+                if !st.warned {
+                    log::warn!("nfs: server {} not responding, still trying", self.name);
+                    st.warned = true;
+                }
+                let conn = st.conn.clone();
+                drop(st);
+                if let Some(c) = conn {
+                    self.transmit(xid, &c);
+                }
+                sent_at = self.hyper.clock_monotonic();
+                continue;
+            }
+            let mut left = timeo - elapsed;
+            if let Some(l) = limit {
+                left = left.min(l.saturating_sub(now.saturating_sub(start)).max(Duration::from_millis(1)));
+            }
+            let _ = self.sh.cv.wait_timeout(st, left);
+        }
+    }
+
+    /// Drops the connection (as if the server had closed it): outstanding calls are resent on
+    /// the next one. For tests and for recovering from a confused server.
+    pub fn disconnect(&self) {
+        let c = self.sh.lock().conn.take();
+        if let Some(c) = c {
+            c.kill();
+        }
+        self.sh.cv.notify_all();
+    }
+
+    /// Closes the client: outstanding and later calls fail with `EIO`; receiver threads end.
+    pub fn shutdown(&self) {
+        let (conn, threads) = {
+            let mut st = self.sh.lock();
+            st.closed = true;
+            (st.conn.take(), std::mem::take(&mut st.threads))
+        };
+        self.sh.cv.notify_all();
+        if let Some(c) = conn {
+            c.kill();
+        }
+        for t in threads {
+            t.join();
+        }
+    }
+
+    /// Calls currently outstanding (for tests).
+    pub fn outstanding(&self) -> usize {
+        self.sh.lock().calls.len()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The receiver thread of one connection: hands each reply to its call until the stream ends.
+fn receiver(sh: Arc<Shared>, conn: Arc<Conn>, name: String) {
+    loop {
+        match read_record(conn.sock.as_ref(), MAX_RECORD, None) {
+            Ok(Some(rec)) => {
+                let Some(xid) = reply_xid(&rec) else {
+                    log::warn!("nfs: {name}: record too short for an XID; dropping the connection");
+                    break;
+                };
+                let mut st = sh.lock();
+                match st.calls.get_mut(&xid) {
+                    Some(c) => {
+                        c.reply = Some(rec);
+                        drop(st);
+                        sh.cv.notify_all();
+                    }
+                    None => log::debug!("nfs: {name}: reply to unknown xid {xid:#x}"),
+                }
+            }
+            Ok(None) => {
+                log::debug!("nfs: {name}: server closed connection {}", conn.gen);
+                break;
+            }
+            Err(e) => {
+                if !conn.dead.load(Ordering::Acquire) {
+                    log::debug!("nfs: {name}: connection {}: {e:?}", conn.gen);
+                }
+                break;
+            }
+        }
+    }
+    conn.kill();
+    let mut st = sh.lock();
+    if st.conn.as_ref().is_some_and(|c| c.gen == conn.gen) {
+        st.conn = None;
+    }
+    drop(st);
+    sh.cv.notify_all();
+}
