@@ -4,7 +4,7 @@
 #   ./scripts/test.sh
 #
 # Installs what is missing (scripts/setup-debian.sh), builds every binary in release mode,
-# then runs `cargo test --release --workspace`. The end-to-end tests mount real FUSE file
+# then runs `cargo test --release --workspace --no-fail-fast`. The end-to-end tests mount real FUSE file
 # systems with target/release/rumpfs-mount (RUMPFS_MOUNT_BIN). Extra arguments go to
 # `cargo test` (e.g. ./scripts/test.sh -- --nocapture). Exits non-zero when anything fails;
 # the last lines are cargo's own test summary.
@@ -28,5 +28,6 @@ if [ -d "$repo/../shared/test-images" ]; then
     export RUMPFS_TEST_IMAGES
 fi
 
-echo "test: cargo test --release --workspace $*"
-exec cargo test --release --workspace "$@" </dev/null
+# --no-fail-fast: one failing test binary does not hide the results of the others.
+echo "test: cargo test --release --workspace --no-fail-fast $*"
+exec cargo test --release --workspace --no-fail-fast "$@" </dev/null
