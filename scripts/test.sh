@@ -4,10 +4,10 @@
 #   ./scripts/test.sh
 #
 # Installs what is missing (scripts/setup-debian.sh), builds every binary in release mode,
-# then runs `cargo test --release --workspace --no-fail-fast`. The end-to-end tests mount real FUSE file
-# systems with target/release/rumpfs-mount (RUMPFS_MOUNT_BIN). Extra arguments go to
-# `cargo test` (e.g. ./scripts/test.sh -- --nocapture). Exits non-zero when anything fails;
-# the last lines are cargo's own test summary.
+# then runs `cargo test --release --workspace --no-fail-fast`. The end-to-end tests mount
+# real FUSE file systems with target/release/rumpfs-mount (RUMPFS_MOUNT_BIN). Extra arguments
+# go to `cargo test` (e.g. ./scripts/test.sh -- --nocapture). Exits non-zero when anything
+# fails; the last lines are cargo's own test summary.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
