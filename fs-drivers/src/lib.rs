@@ -5,11 +5,12 @@
 
 pub mod ext2fs;
 pub mod nfs;
+pub mod ffs;
 
 use std::sync::Arc;
 use vfs_faction::Component;
 
 /// Every driver component this crate provides.
 pub fn all_components() -> Vec<Arc<dyn Component>> {
-    vec![Arc::new(ext2fs::Ext2Component), Arc::new(nfs::NfsComponent)]
+    vec![Arc::new(ext2fs::Ext2Component), Arc::new(ffs::FfsComponent), Arc::new(nfs::NfsComponent)]
 }

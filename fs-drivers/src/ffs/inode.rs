@@ -8,8 +8,6 @@ use vfs_faction::{FileType, Timespec};
 
 /// UFS1 field offsets.
 mod u1 {
-    pub const MODE: usize = 0;
-    pub const NLINK: usize = 2;
     /// 4.2BSD 16-bit owner and group.
     pub const OUID: usize = 4;
     pub const OGID: usize = 6;
@@ -29,7 +27,7 @@ mod u1 {
     pub const GID: usize = 116;
 }
 
-/// UFS2 field offsets.
+/// UFS2 field offsets (mode and link count are at the same place in UFS1).
 mod u2 {
     pub const MODE: usize = 0;
     pub const NLINK: usize = 2;
@@ -110,13 +108,13 @@ impl Inode {
         if raw.len() != sb.isize() {
             return Err(InodeError::Corrupt(format!("inode record of {} bytes", raw.len())));
         }
-        let mode = o.u16(raw, 0);
+        let mode = o.u16(raw, u2::MODE);
         if mode == 0 {
             return Err(InodeError::Free);
         }
         let kind = FileType::from_mode(u32::from(mode))
             .ok_or_else(|| InodeError::Corrupt(format!("mode {mode:#o} has no valid file type")))?;
-        let nlink = o.u16(raw, 2);
+        let nlink = o.u16(raw, u2::NLINK);
         if nlink > i16::MAX as u16 {
             return Err(InodeError::Corrupt(format!("negative link count {}", nlink as i16)));
         }
@@ -227,9 +225,10 @@ impl Inode {
     /// system keeps inode check hashes, updates the hash. Returns the bytes.
     pub fn encode(&mut self, sb: &Superblock) -> &[u8] {
         let o: ByteOrder = sb.order;
+        let inline = self.keeps_target_inline(sb);
         let r = &mut self.raw;
-        o.put_u16(r, 0, self.mode);
-        o.put_u16(r, 2, self.nlink);
+        o.put_u16(r, u2::MODE, self.mode);
+        o.put_u16(r, u2::NLINK, self.nlink);
         if sb.ufs2 {
             o.put_u32(r, u2::UID, self.uid);
             o.put_u32(r, u2::GID, self.gid);
@@ -251,7 +250,7 @@ impl Inode {
             o.put_u32(r, u2::EXTSIZE, self.extsize);
             o.put_u64(r, u2::EXTB, self.extb[0]);
             o.put_u64(r, u2::EXTB + 8, self.extb[1]);
-            if !self.keeps_target_inline(sb) {
+            if !inline {
                 for (i, p) in self.db.iter().enumerate() {
                     o.put_u64(r, u2::DB + 8 * i, *p);
                 }
@@ -282,7 +281,7 @@ impl Inode {
             o.put_u32(r, u1::CTIMENSEC, self.ctime.nsec);
             o.put_u32(r, u1::FLAGS, self.flags);
             o.put_u32(r, u1::GEN, self.gen);
-            if !self.keeps_target_inline(sb) {
+            if !inline {
                 for (i, p) in self.db.iter().enumerate() {
                     o.put_u32(r, u1::DB + 4 * i, *p as u32);
                 }

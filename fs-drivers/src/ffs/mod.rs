@@ -1,0 +1,509 @@
+//! The ffs component: the BSD Fast File System, UFS1 and UFS2, in either byte order.
+//!
+//! Layout of the driver:
+//! - [`endian`]: the byte order of an image, a runtime value.
+//! - [`superblock`]: superblock search, parse and validation.
+//! - [`inode`]: UFS1 and UFS2 dinodes.
+//! - [`bmap`]: direct and indirect block maps, in runs.
+//! - [`dir`]: directory chunks.
+//!
+//! Nothing read from the disk is trusted: a bad value is `EIO` for the object it belongs to,
+//! with a log line naming the inode; a bad superblock refuses the mount with a message.
+
+pub mod bmap;
+pub mod dir;
+pub mod endian;
+pub mod inode;
+pub mod superblock;
+
+use inode::{Inode, InodeError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use superblock::{flags, SbError, Superblock, ROOTINO, SBLOCKSIZE, SBLOCK_SEARCH};
+use vfs_faction::{
+    Attr, BlockDevice, CachedDev, Component, DirEntry, Errno, Faction, FileSystem, FileType, Ino, KResult,
+    MountContext, MountError, MountOptions, MountSource, Mounted, NodeData, StatFs, Vnode,
+};
+
+/// Directories of more chunks than this get a name → inode map for lookups.
+const NAME_MAP_MIN_CHUNKS: u64 = 8;
+/// Largest directory (entries) whose name map is kept; bigger ones are scanned.
+const NAME_MAP_MAX_ENTRIES: usize = 1 << 18;
+/// Longest symlink target read (PATH_MAX without the NUL).
+const SYMLINK_MAX: u64 = 4095;
+
+/// FFS check hashes: the raw CRC-32C register (FreeBSD `calculate_crc32c(~0, ..)`, no final
+/// inversion).
+pub fn ckhash(data: &[u8]) -> u32 {
+    !crc32c::crc32c(data)
+}
+
+/// The ffs driver component.
+pub struct FfsComponent;
+
+/// Reads up to [`SBLOCKSIZE`] bytes at `loc` (fewer near the end of the device).
+fn read_sb_area(dev: &dyn BlockDevice, loc: u64) -> Option<Vec<u8>> {
+    let size = dev.size();
+    if loc >= size {
+        return None;
+    }
+    let n = (size - loc).min(SBLOCKSIZE as u64) as usize;
+    if n < superblock::SB_STRUCT_SIZE {
+        return None;
+    }
+    let mut raw = vec![0u8; n];
+    dev.read_at(&mut raw, loc).ok()?;
+    Some(raw)
+}
+
+/// Finds the superblock: the first valid one of [`SBLOCK_SEARCH`], skipping a UFS1 copy at
+/// 65536 when 8192 holds the primary (a 64 KiB-block UFS1 keeps its first alternate there)
+/// and a UFS2 superblock whose `fs_sblockloc` says it is an alternate.
+pub fn find_superblock(dev: &dyn BlockDevice) -> Result<Superblock, SbError> {
+    let mut first_err: Option<SbError> = None;
+    let mut alternate: Option<u64> = None;
+    for loc in SBLOCK_SEARCH {
+        let Some(raw) = read_sb_area(dev, loc) else { continue };
+        if superblock::magic(&raw).is_none() {
+            continue;
+        }
+        match Superblock::parse(&raw, loc, dev.size()) {
+            Ok(sb) => {
+                if !sb.ufs2 && loc == 65536 {
+                    if let Some(r) = read_sb_area(dev, 8192) {
+                        if let Ok(p) = Superblock::parse(&r, 8192, dev.size()) {
+                            return Ok(p);
+                        }
+                    }
+                }
+                let says = sb.order.u64(&sb.raw, superblock::off::SBLOCKLOC);
+                if sb.ufs2 && says != loc && says != 0 && loc != 8192 {
+                    alternate.get_or_insert(loc);
+                    continue;
+                }
+                return Ok(sb);
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match (first_err, alternate) {
+        (Some(SbError::Corrupt(m)), Some(a)) => Err(SbError::Corrupt(format!(
+            "{m}; an alternate superblock exists at byte {a} (run fsck_ffs -b to restore the primary)"
+        ))),
+        (Some(e), _) => Err(e),
+        (None, Some(a)) => Err(SbError::Corrupt(format!(
+            "only an alternate superblock was found (at byte {a}); the primary is damaged (run fsck_ffs)"
+        ))),
+        (None, None) => Err(SbError::NotFfs),
+    }
+}
+
+impl Component for FfsComponent {
+    fn name(&self) -> &'static str {
+        "ffs"
+    }
+
+    fn description(&self) -> &'static str {
+        "BSD Fast File System: UFS1 and UFS2, little- and big-endian"
+    }
+
+    fn factions(&self) -> &'static [Faction] {
+        &[Faction::Vfs, Faction::Dev]
+    }
+
+    fn fs_types(&self) -> &'static [&'static str] {
+        &["ffs", "ufs"]
+    }
+
+    fn probe(&self, dev: &dyn BlockDevice) -> Option<&'static str> {
+        SBLOCK_SEARCH
+            .iter()
+            .any(|&loc| read_sb_area(dev, loc).is_some_and(|raw| superblock::magic(&raw).is_some()))
+            .then_some("ffs")
+    }
+
+    fn mount(
+        &self,
+        ctx: &MountContext,
+        _fstype: &str,
+        source: MountSource,
+        opts: &MountOptions,
+    ) -> Result<Mounted, MountError> {
+        let MountSource::Block(dev) = source else {
+            return Err(MountError::new(Errno::EINVAL, "ffs mounts block devices only"));
+        };
+        let name = dev.describe();
+        let sb = find_superblock(dev.as_ref()).map_err(|e| match e {
+            SbError::NotFfs => MountError::new(Errno::EINVAL, format!("{name}: no FFS superblock found")),
+            SbError::Unsupported(m) => MountError::new(Errno::EINVAL, format!("{name}: {m}")),
+            SbError::Corrupt(m) => {
+                log::error!("{name}: corrupt FFS superblock: {m}");
+                MountError::new(Errno::EUCLEAN, format!("{name}: corrupt FFS superblock: {m}"))
+            }
+        })?;
+        let mut warnings = Vec::new();
+        if sb.clean == 0 || sb.flags & flags::FS_UNCLEAN != 0 {
+            warnings.push("the file system was not cleanly unmounted (run fsck_ffs)".to_string());
+        }
+        if sb.flags & flags::FS_NEEDSFSCK != 0 {
+            warnings.push("the file system is marked as needing fsck_ffs".to_string());
+        }
+        if opts.explicit_rw {
+            return Err(MountError::new(
+                Errno::EROFS,
+                "read-write is not supported yet for ffs (mount with -o ro)",
+            ));
+        }
+        let cache = ctx
+            .cache
+            .as_ref()
+            .ok_or_else(|| MountError::new(Errno::ENODEV, "ffs needs the dev faction's buffer cache"))?;
+        let cdev = cache.attach(dev.clone(), sb.fsize)?;
+        log::info!(
+            "{name}: UFS{} {} superblock at {}: {} fragments of {} bytes ({}-byte blocks), {} groups of {} inodes; mounted read-only",
+            if sb.ufs2 { 2 } else { 1 },
+            sb.order.name(),
+            sb.location,
+            sb.size,
+            sb.fsize,
+            sb.bsize,
+            sb.ncg,
+            sb.ipg
+        );
+        let fs = FfsFs { sb, dev: cdev, name };
+        Ok(Mounted { fs: Arc::new(fs), read_only: true, warnings })
+    }
+}
+
+/// A mounted FFS.
+pub struct FfsFs {
+    pub(crate) sb: Superblock,
+    pub(crate) dev: CachedDev,
+    pub(crate) name: String,
+}
+
+type NameMap = HashMap<Box<[u8]>, u32>;
+
+/// The in-memory inode kept in a vnode.
+pub(crate) struct Node {
+    ino: u32,
+    inode: RwLock<Inode>,
+    /// Name → inode map of a large directory, built on the first lookup.
+    names: Mutex<Option<Arc<NameMap>>>,
+}
+
+impl Node {
+    fn inode(&self) -> RwLockReadGuard<'_, Inode> {
+        self.inode.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl FfsFs {
+    /// Logs a corruption of inode `ino`.
+    pub(crate) fn corrupt(&self, ino: u32, msg: String) {
+        log::error!("{}: inode {ino}: {msg}", self.name);
+    }
+
+    /// Fragment address and byte offset of inode `ino` within that fragment.
+    fn inode_location(&self, ino: u32) -> (u64, usize) {
+        let sb = &self.sb;
+        let cg = ino / sb.ipg;
+        let idx = ino % sb.ipg;
+        let block = sb.cgimin(cg) + u64::from(idx / sb.inopb) * u64::from(sb.frag);
+        let byte = (idx % sb.inopb) as usize * sb.isize();
+        let fs = sb.fsize as usize;
+        (block + (byte / fs) as u64, byte % fs)
+    }
+
+    pub(crate) fn read_inode(&self, ino: u32) -> KResult<Inode> {
+        if ino < ROOTINO || ino >= self.sb.ninodes() {
+            return Err(Errno::ESTALE);
+        }
+        let (frag, at) = self.inode_location(ino);
+        let buf = self.dev.bread(frag)?;
+        let raw = buf.get(at..at + self.sb.isize()).ok_or(Errno::EIO)?;
+        Inode::parse(&self.sb, raw).map_err(|e| match e {
+            InodeError::Free => Errno::ENOENT,
+            InodeError::Corrupt(m) => {
+                self.corrupt(ino, format!("{m} (inode fragment {frag})"));
+                Errno::EIO
+            }
+        })
+    }
+
+    fn bs(&self) -> u64 {
+        u64::from(self.sb.bsize)
+    }
+
+    /// Calls `f(offset, record)` for every live record (not empty, not a whiteout) of
+    /// directory `node` from byte `cookie` on, until it returns `false`.
+    fn scan_dir(&self, ino: u32, inode: &Inode, cookie: u64, f: &mut dyn FnMut(u64, &dir::Record<'_>) -> bool) -> KResult<()> {
+        if inode.kind != FileType::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        let bs = self.bs();
+        let fs = u64::from(self.sb.fsize);
+        let chunk = dir::DIRBLKSIZ as u64;
+        let mut off = cookie - cookie % chunk;
+        let mut run: Option<(u64, bmap::Run)> = None; // (first lblk, run)
+        while off < inode.size {
+            let lblk = off / bs;
+            let cur = match run {
+                Some((start, r)) if lblk >= start && lblk < start + r.len => (start, r),
+                _ => {
+                    let r = self.bmap(ino, inode, lblk, (inode.size.div_ceil(bs) - lblk).max(1))?;
+                    (lblk, r)
+                }
+            };
+            run = Some(cur);
+            let Some(phys) = cur.1.phys else {
+                self.corrupt(ino, format!("directory has a hole at block {lblk}"));
+                return Err(Errno::EIO);
+            };
+            let in_run = off - cur.0 * bs;
+            let frag = phys + in_run / fs;
+            let buf = self.dev.bread(frag)?;
+            // Every chunk of this fragment.
+            let mut at = (in_run % fs) as usize;
+            let mut stopped = false;
+            while at < fs as usize && off < inode.size {
+                let base = off;
+                let c = &buf[at..at + dir::DIRBLKSIZ];
+                dir::walk_chunk(c, self.sb.order, self.sb.fmt44, self.sb.ninodes(), &mut |r| {
+                    if r.ino == 0 || r.dtype == dir::DT_WHT || base + (r.pos as u64) < cookie {
+                        return true;
+                    }
+                    if !f(base + r.pos as u64, r) {
+                        stopped = true;
+                        return false;
+                    }
+                    true
+                })
+                .map_err(|m| {
+                    self.corrupt(ino, format!("directory chunk at byte {base}: {m}"));
+                    Errno::EIO
+                })?;
+                if stopped {
+                    return Ok(());
+                }
+                at += dir::DIRBLKSIZ;
+                off += chunk;
+            }
+        }
+        Ok(())
+    }
+
+    fn name_map(&self, node: &Node, inode: &Inode) -> KResult<Option<Arc<NameMap>>> {
+        let mut slot = node.names.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = &*slot {
+            return Ok(Some(m.clone()));
+        }
+        let mut map = NameMap::new();
+        let mut too_big = false;
+        self.scan_dir(node.ino, inode, 0, &mut |_, r| {
+            if map.len() >= NAME_MAP_MAX_ENTRIES {
+                too_big = true;
+                return false;
+            }
+            map.entry(r.name.into()).or_insert(r.ino);
+            true
+        })?;
+        if too_big {
+            return Ok(None);
+        }
+        let map = Arc::new(map);
+        *slot = Some(map.clone());
+        Ok(Some(map))
+    }
+
+    fn read_file(&self, ino: u32, inode: &Inode, off: u64, buf: &mut [u8], readahead: u64) -> KResult<usize> {
+        let size = inode.size;
+        if off >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let len = usize::try_from((size - off).min(buf.len() as u64)).unwrap_or(buf.len());
+        let bs = self.bs();
+        let fs = u64::from(self.sb.fsize);
+        let fsu = fs as usize;
+        let frag = u64::from(self.sb.frag);
+        let ra_blocks = readahead / bs;
+        let mut done = 0usize;
+        while done < len {
+            let pos = off + done as u64;
+            let lblk = pos / bs;
+            let boff = pos % bs;
+            let left = (len - done) as u64;
+            let req_blocks = (boff + left).div_ceil(bs);
+            let run = self.bmap(ino, inode, lblk, req_blocks + ra_blocks)?;
+            let run_bytes = run.len * bs - boff;
+            let bytes = run_bytes.min(left) as usize;
+            let dst = &mut buf[done..done + bytes];
+            match run.phys {
+                None => dst.fill(0),
+                Some(p) => {
+                    let first = p + boff / fs;
+                    let skip = (boff % fs) as usize;
+                    let nfr = (skip + bytes).div_ceil(fsu) as u64;
+                    // Read ahead within the run only (its fragments are this file's).
+                    let run_frags = run.len * frag;
+                    let used = boff / fs + nfr;
+                    let ahead = if lblk + run.len >= size.div_ceil(bs) {
+                        0
+                    } else {
+                        run_frags.saturating_sub(used).min(ra_blocks * frag)
+                    };
+                    if skip == 0 && bytes % fsu == 0 {
+                        self.dev.read_blocks(first, nfr, dst, ahead)?;
+                    } else {
+                        let mut tmp = vec![0u8; nfr as usize * fsu];
+                        self.dev.read_blocks(first, nfr, &mut tmp, ahead)?;
+                        dst.copy_from_slice(&tmp[skip..skip + bytes]);
+                    }
+                }
+            }
+            done += bytes;
+        }
+        Ok(len)
+    }
+}
+
+impl FileSystem for FfsFs {
+    fn root(&self) -> Ino {
+        Ino(u64::from(ROOTINO))
+    }
+
+    fn vget(&self, ino: Ino) -> KResult<NodeData> {
+        let n = u32::try_from(ino.0).map_err(|_| Errno::ESTALE)?;
+        let inode = self.read_inode(n)?;
+        Ok(Box::new(Node { ino: n, inode: RwLock::new(inode), names: Mutex::new(None) }))
+    }
+
+    fn getattr(&self, vn: &Vnode) -> KResult<Attr> {
+        let n = vn.data::<Node>()?;
+        let i = n.inode();
+        let rdev = if matches!(i.kind, FileType::CharDevice | FileType::BlockDevice) { i.rdev_linux() } else { 0 };
+        Ok(Attr {
+            ino: vn.ino,
+            kind: i.kind,
+            perm: u32::from(i.mode) & 0o7777,
+            nlink: u32::from(i.nlink),
+            uid: i.uid,
+            gid: i.gid,
+            size: i.size,
+            blocks: i.blocks,
+            atime: i.atime,
+            mtime: i.mtime,
+            ctime: i.ctime,
+            crtime: i.birthtime,
+            rdev,
+            blksize: self.sb.bsize,
+            flags: i.flags,
+        })
+    }
+
+    fn lookup(&self, dir: &Vnode, name: &[u8]) -> KResult<Ino> {
+        let node = dir.data::<Node>()?;
+        let inode = node.inode();
+        if inode.kind != FileType::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        if inode.size / dir::DIRBLKSIZ as u64 > NAME_MAP_MIN_CHUNKS {
+            if let Some(map) = self.name_map(node, &inode)? {
+                return map.get(name).map(|&i| Ino(u64::from(i))).ok_or(Errno::ENOENT);
+            }
+        }
+        let mut found = None;
+        self.scan_dir(node.ino, &inode, 0, &mut |_, r| {
+            if r.name == name {
+                found = Some(r.ino);
+                false
+            } else {
+                true
+            }
+        })?;
+        found.map(|i| Ino(u64::from(i))).ok_or(Errno::ENOENT)
+    }
+
+    fn readdir(&self, dir: &Vnode, cookie: u64, sink: &mut dyn FnMut(&DirEntry<'_>) -> bool) -> KResult<()> {
+        let node = dir.data::<Node>()?;
+        let inode = node.inode();
+        self.scan_dir(node.ino, &inode, cookie, &mut |off, r| {
+            let kind = match dir::dtype_kind(r.dtype) {
+                Some(k) => k,
+                None => match self.read_inode(r.ino) {
+                    Ok(i) => i.kind,
+                    Err(e) => {
+                        log::warn!(
+                            "{}: directory inode {}: entry {:?} -> inode {}: {e:?}; skipped",
+                            self.name,
+                            node.ino,
+                            String::from_utf8_lossy(r.name),
+                            r.ino
+                        );
+                        return true;
+                    }
+                },
+            };
+            let next = off + r.reclen as u64;
+            sink(&DirEntry { ino: Ino(u64::from(r.ino)), kind, name: r.name, next })
+        })
+    }
+
+    fn read(&self, vn: &Vnode, off: u64, buf: &mut [u8], readahead: u64) -> KResult<usize> {
+        let node = vn.data::<Node>()?;
+        let inode = node.inode();
+        match inode.kind {
+            FileType::Regular => self.read_file(node.ino, &inode, off, buf, readahead),
+            FileType::Directory => Err(Errno::EISDIR),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn readlink(&self, vn: &Vnode) -> KResult<Vec<u8>> {
+        let node = vn.data::<Node>()?;
+        let i = node.inode();
+        if i.kind != FileType::Symlink {
+            return Err(Errno::EINVAL);
+        }
+        if i.is_short_symlink(&self.sb) {
+            let at = inode::shortlink_offset(self.sb.ufs2);
+            let room = if self.sb.ufs2 { 120 } else { 60 };
+            if i.size > room {
+                self.corrupt(node.ino, format!("short symlink of {} bytes", i.size));
+                return Err(Errno::EIO);
+            }
+            return Ok(i.raw[at..at + i.size as usize].to_vec());
+        }
+        if i.size == 0 || i.size > SYMLINK_MAX {
+            self.corrupt(node.ino, format!("symlink of {} bytes", i.size));
+            return Err(Errno::EIO);
+        }
+        let mut out = vec![0u8; i.size as usize];
+        let n = self.read_file(node.ino, &i, 0, &mut out, 0)?;
+        out.truncate(n);
+        Ok(out)
+    }
+
+    fn statfs(&self) -> KResult<StatFs> {
+        let sb = &self.sb;
+        let bfree = sb.free_frags();
+        Ok(StatFs {
+            bsize: sb.fsize,
+            blocks: sb.dsize,
+            bfree,
+            bavail: bfree.saturating_sub(sb.reserved_frags()),
+            files: u64::from(sb.ninodes() - ROOTINO),
+            ffree: (sb.cstotal.nifree.max(0) as u64).min(u64::from(sb.ninodes())),
+            namemax: dir::MAXNAMLEN as u32,
+        })
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<FfsFs>();
+    is::<Node>();
+}
