@@ -53,29 +53,33 @@ cleanup() {
         kill -TERM "$pypid" 2>/dev/null || true
         wait "$pypid" 2>/dev/null || true
     fi
-    # Safety net: undo whatever the helper recorded and did not undo itself.
+    # Safety net: undo whatever the helper recorded and did not undo itself: unmount first,
+    # then the servers that are still up, then the loop device.
     if [ -f "$state" ]; then
+        while read -r what a _; do
+            if [ "$what" = mount ] && mountpoint -q "$a" 2>/dev/null; then
+                echo "bench: cleanup: unmounting $a" >&2
+                umount "$a" 2>/dev/null || fusermount3 -u "$a" 2>/dev/null ||
+                    umount -l "$a" 2>/dev/null || true
+            fi
+        done <"$state"
+        sleep 0.5  # a FUSE server exits by itself once unmounted
         while read -r what a b; do
-            case "$what" in
-                mount)
-                    if mountpoint -q "$a" 2>/dev/null; then
-                        echo "bench: cleanup: unmounting $a" >&2
-                        umount "$a" 2>/dev/null || fusermount3 -u "$a" 2>/dev/null ||
-                            umount -l "$a" 2>/dev/null || true
-                    fi ;;
-                pid)
-                    # only if that pid is still the server for our mountpoint
-                    if [ -r "/proc/$a/cmdline" ] && tr '\0' '\n' <"/proc/$a/cmdline" | grep -qxF "$b"; then
-                        echo "bench: cleanup: stopping server $a" >&2
-                        kill -TERM "$a" 2>/dev/null || true
-                    fi ;;
-                loop)
-                    back=$(losetup --list --noheadings --output BACK-FILE "$a" 2>/dev/null || true)
-                    case "$back" in
-                        "$b"*) echo "bench: cleanup: detaching $a" >&2
-                               losetup --detach "$a" 2>/dev/null || true ;;
-                    esac ;;
-            esac
+            # only if that pid is still the server for our mountpoint
+            if [ "$what" = pid ] && [ -r "/proc/$a/cmdline" ] &&
+                tr '\0' '\n' <"/proc/$a/cmdline" 2>/dev/null | grep -qxF "$b"; then
+                echo "bench: cleanup: stopping server $a" >&2
+                kill -TERM "$a" 2>/dev/null || true
+            fi
+        done <"$state"
+        while read -r what a b; do
+            if [ "$what" = loop ]; then
+                back=$(losetup --list --noheadings --output BACK-FILE "$a" 2>/dev/null || true)
+                case "$back" in
+                    "$b"*) echo "bench: cleanup: detaching $a" >&2
+                           losetup --detach "$a" 2>/dev/null || true ;;
+                esac
+            fi
         done <"$state"
     fi
     exit $rc
