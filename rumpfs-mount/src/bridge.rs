@@ -32,6 +32,9 @@ pub struct Bridge {
     /// How long the kernel may cache entries and attributes. While mounted we are the only
     /// writer of the image, so this can be long.
     ttl: Duration,
+    /// File contents may stay in the kernel's page cache across opens (we are the only
+    /// writer); not for network file systems, which others change.
+    keep_cache: bool,
     handles: Mutex<HashMap<u64, Arc<Vnode>>>,
     next_fh: AtomicU64,
 }
@@ -95,8 +98,11 @@ fn proc_groups(pid: u32) -> Vec<u32> {
 impl Bridge {
     pub fn new(mnt: Arc<Mount>) -> Bridge {
         let root = mnt.root().0;
-        let ttl = if mnt.read_only() { Duration::from_secs(3600) } else { Duration::from_secs(60) };
-        Bridge { mnt, root, ttl, handles: Mutex::new(HashMap::new()), next_fh: AtomicU64::new(1) }
+        let (ttl, keep_cache) = match mnt.cache_ttl() {
+            Some(t) => (t, false),
+            None => (if mnt.read_only() { Duration::from_secs(3600) } else { Duration::from_secs(60) }, true),
+        };
+        Bridge { mnt, root, ttl, keep_cache, handles: Mutex::new(HashMap::new()), next_fh: AtomicU64::new(1) }
     }
 
     /// FUSE and the file system number files the same way, except that FUSE's root is 1:
@@ -166,6 +172,14 @@ impl Bridge {
         let vn = self.handles.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
         if let Some(vn) = vn {
             self.mnt.release(vn);
+        }
+    }
+
+    fn keep_flag(&self) -> FopenFlags {
+        if self.keep_cache {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
         }
     }
 
@@ -247,14 +261,14 @@ impl Filesystem for Bridge {
         match self.as_caller(req, |c| self.mnt.open(c, self.ino(ino), f)) {
             // Every change goes through this mount, and FUSE keeps its page cache in step with
             // the writes it sends us: keep the cache across opens.
-            Ok(vn) => reply.opened(self.new_handle(vn), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(vn) => reply.opened(self.new_handle(vn), self.keep_flag()),
             Err(e) => reply.error(to_errno(e)),
         }
     }
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -265,7 +279,7 @@ impl Filesystem for Bridge {
     ) {
         let r = self.handle(fh).and_then(|vn| {
             let mut buf = vec![0u8; size.min(MAX_READ * 4) as usize];
-            let n = self.mnt.read(&vn, offset, &mut buf)?;
+            let n = self.mnt.read_as(&Cred::user(req.uid(), req.gid()), &vn, offset, &mut buf)?;
             buf.truncate(n);
             Ok(buf)
         });
@@ -292,16 +306,16 @@ impl Filesystem for Bridge {
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
         match self.as_caller(req, |c| self.mnt.opendir(c, self.ino(ino))) {
             Ok(vn) => {
-                let fl = if self.mnt.read_only() { FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                let fl = if self.mnt.read_only() && self.keep_cache { FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
                 reply.opened(self.new_handle(vn), fl)
             }
             Err(e) => reply.error(to_errno(e)),
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let r = self.handle(fh).and_then(|vn| {
-            self.mnt.readdir(&vn, offset, &mut |e| {
+            self.mnt.readdir_as(&Cred::user(req.uid(), req.gid()), &vn, offset, &mut |e| {
                 !reply.add(INodeNo(self.map(e.ino.0)), e.next, kind(e.kind), OsStr::from_bytes(e.name))
             })
         });
@@ -311,9 +325,9 @@ impl Filesystem for Bridge {
         }
     }
 
-    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let r = self.handle(fh).and_then(|vn| {
-            self.mnt.readdirplus(&vn, offset, &mut |e, a| {
+            self.mnt.readdirplus_as(&Cred::user(req.uid(), req.gid()), &vn, offset, &mut |e, a| {
                 !reply.add(
                     INodeNo(self.map(e.ino.0)),
                     e.next,
@@ -397,7 +411,7 @@ impl Filesystem for Bridge {
         match r {
             Ok((a, vn)) => {
                 let fh = self.new_handle(vn);
-                reply.created(&self.ttl, &self.attr(&a), Generation(0), fh, FopenFlags::FOPEN_KEEP_CACHE)
+                reply.created(&self.ttl, &self.attr(&a), Generation(0), fh, self.keep_flag())
             }
             Err(e) => reply.error(to_errno(e)),
         }
@@ -505,8 +519,10 @@ impl Filesystem for Bridge {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        reply.ok();
+    fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // close(2): a network file system writes back here (close-to-open consistency).
+        let cred = Cred::user(req.uid(), req.gid());
+        Self::empty(reply, self.handle(fh).and_then(|vn| self.mnt.flush(&cred, &vn)));
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {

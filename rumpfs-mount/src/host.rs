@@ -48,6 +48,41 @@ impl Socket for TcpSocket {
     }
 }
 
+/// Connects from a source port below 1024 (NFS `resvport`; needs root or
+/// CAP_NET_BIND_SERVICE), trying ports downwards from 1023 as bindresvport(3) does.
+fn connect_reserved(addr: SocketAddr, timeout: Option<Duration>) -> KResult<TcpStream> {
+    use nix::errno::Errno as NixErrno;
+    use nix::sys::socket::{bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let unspecified: std::net::IpAddr =
+        if addr.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
+    for port in (512..1024).rev() {
+        let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(|e| Errno::from_code(e as i32))?;
+        if let Some(t) = timeout {
+            // connect(2) honours the send timeout on Linux.
+            let tv = nix::sys::time::TimeVal::new(t.as_secs() as i64, t.subsec_micros() as i64);
+            let _ = setsockopt(&fd, sockopt::SendTimeout, &tv);
+        }
+        match bind(fd.as_raw_fd(), &SockaddrStorage::from(SocketAddr::new(unspecified, port))) {
+            Ok(()) => {}
+            Err(NixErrno::EADDRINUSE) => continue,
+            Err(e) => return Err(Errno::from_code(e as i32)),
+        }
+        match connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
+            Ok(()) => {
+                let s = TcpStream::from(fd);
+                let _ = s.set_write_timeout(None);
+                return Ok(s);
+            }
+            Err(NixErrno::EADDRINUSE | NixErrno::EADDRNOTAVAIL) => continue,
+            Err(NixErrno::EAGAIN | NixErrno::EINPROGRESS) => return Err(Errno::ETIMEDOUT),
+            Err(e) => return Err(Errno::from_code(e as i32)),
+        }
+    }
+    Err(Errno::EADDRINUSE)
+}
+
 struct StdThread(std::thread::JoinHandle<()>);
 
 impl ThreadHandle for StdThread {
@@ -73,15 +108,15 @@ impl Hypercalls for HostPlatform {
     }
 
     fn connect(&self, addr: SocketAddr, opts: ConnectOptions) -> KResult<Box<dyn Socket>> {
-        if opts.reserved_port {
-            // Binding below 1024 comes with the NFS client (resvport).
-            return Err(Errno::EOPNOTSUPP);
-        }
-        let s = match opts.timeout {
-            Some(t) => TcpStream::connect_timeout(&addr, t),
-            None => TcpStream::connect(addr),
-        }
-        .map_err(|e| io_errno(&e))?;
+        let s = if opts.reserved_port {
+            connect_reserved(addr, opts.timeout)?
+        } else {
+            match opts.timeout {
+                Some(t) => TcpStream::connect_timeout(&addr, t),
+                None => TcpStream::connect(addr),
+            }
+            .map_err(|e| io_errno(&e))?
+        };
         let _ = s.set_nodelay(true);
         Ok(Box::new(TcpSocket(s)))
     }

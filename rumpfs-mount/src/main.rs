@@ -3,6 +3,7 @@
 
 mod bridge;
 mod host;
+mod nfs_cli;
 mod options;
 
 use clap::Parser;
@@ -46,6 +47,9 @@ struct Cli {
     /// List the driver components this build can boot, with their factions, and exit
     #[arg(long)]
     list_components: bool,
+    /// List the exports of an NFS server (like showmount -e) and exit
+    #[arg(long, value_name = "HOST")]
+    list_exports: Option<String>,
     /// Disk image (or block device) to mount
     source: Option<String>,
     /// Directory to mount it on
@@ -120,6 +124,10 @@ fn run() -> Result<(), Fail> {
         list_components();
         return Ok(());
     }
+    if let Some(host) = &cli.list_exports {
+        init_log(cli.debug);
+        return nfs_cli::list_exports(host, &cli.options);
+    }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut opts = Options::new(cores);
     for o in &cli.options {
@@ -141,7 +149,8 @@ fn run() -> Result<(), Fail> {
         Err(e) => return fail(EXIT_MOUNT, format!("mountpoint {}: {}", mountpoint.display(), io_text(&e))),
     }
     if looks_like_network(&source, cli.fstype.as_deref()) {
-        return fail(EXIT_MOUNT, format!("{source}: the NFS client component is not part of this build yet"));
+        let mnt = nfs_cli::mount(&source, cli.fstype.as_deref(), &opts)?;
+        return serve_mount(mnt, &opts, &source, &mountpoint, foreground);
     }
 
     let kernel = boot(vec![Faction::Vfs, Faction::Dev], opts.cache_bytes).map_err(|e| Fail(EXIT_MOUNT, e.to_string()))?;
@@ -168,7 +177,18 @@ fn run() -> Result<(), Fail> {
         eprintln!("rumpfs-mount: warning: {w}");
     }
     log::info!("{source_name}: {} mounted{}", mnt.fstype(), if mnt.read_only() { " read-only" } else { "" });
+    serve_mount(mnt, &opts, &source, &mountpoint, foreground)
+}
 
+/// Serves a mounted file system through FUSE (in the background unless `foreground`).
+fn serve_mount(
+    mnt: Arc<vfs_faction::Mount>,
+    opts: &Options,
+    source: &str,
+    mountpoint: &Path,
+    foreground: bool,
+) -> Result<(), Fail> {
+    let (opts, source) = (opts.clone(), source.to_string());
     let config = fuse_config(&opts, &source, mnt.read_only());
     let bridge = bridge::Bridge::new(mnt.clone());
 

@@ -17,7 +17,7 @@ pub struct Options {
     pub fsname: Option<String>,
     pub subtype: Option<String>,
     pub debug: bool,
-    /// Options handed to the driver unchanged (none are known yet).
+    /// Options handed to the driver unchanged (the NFS client's).
     pub driver: Vec<(String, Option<String>)>,
 }
 
@@ -38,6 +38,14 @@ const IGNORED: &[&str] = &[
     "norelatime", "strictatime", "nostrictatime", "lazytime", "nolazytime", "diratime",
     "nodiratime", "sync", "async", "dirsync", "loud", "silent", "nosymfollow",
 ];
+
+/// NFS client options with a value, handed to the nfs driver.
+const NFS_VALUED: &[&str] = &[
+    "port", "mountport", "uid", "gid", "timeo", "retrans", "actimeo", "acregmin", "acregmax", "acdirmin",
+    "acdirmax", "rsize", "wsize", "nfsvers", "vers", "proto",
+];
+/// NFS client flags, handed to the nfs driver.
+const NFS_FLAGS: &[&str] = &["soft", "hard", "resvport", "noresvport", "noac"];
 
 /// Parses a size such as `64M`, `1G`, `512K`, `1048576` or `2MiB` into bytes.
 pub fn parse_size(s: &str) -> Option<usize> {
@@ -140,6 +148,11 @@ impl Options {
                 "comment" => {}
                 k if k.starts_with("x-") => {}
                 k if IGNORED.contains(&k) => {}
+                k if NFS_VALUED.contains(&k) => self.driver.push((k.to_string(), Some(need(key, val)?.to_string()))),
+                k if NFS_FLAGS.contains(&k) => {
+                    flag(val)?;
+                    self.driver.push((k.to_string(), None));
+                }
                 _ => return Err(OptionError(format!("unknown option '{opt}'"))),
             }
         }
@@ -171,6 +184,17 @@ mod tests {
         assert_eq!((o.cache_bytes, o.vcpus), (128 << 20, 1));
         o.apply("rw").unwrap();
         assert!(!o.read_only && o.explicit_rw);
+    }
+
+    #[test]
+    fn nfs_options_reach_the_driver() {
+        let mut o = Options::new(2);
+        o.apply("rw,port=2049,mountport=20048,soft,timeo=10,retrans=2,uid=1000,gid=100,actimeo=0,rsize=65536,nfsvers=3,proto=tcp,resvport").unwrap();
+        let keys: Vec<&str> = o.driver.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["port", "mountport", "soft", "timeo", "retrans", "uid", "gid", "actimeo", "rsize", "nfsvers", "proto", "resvport"]);
+        assert_eq!(o.driver[0].1.as_deref(), Some("2049"));
+        assert!(o.apply("soft=1").is_err());
+        assert!(o.apply("port=").is_err());
     }
 
     #[test]
