@@ -219,3 +219,245 @@ fn freebsd_ufs2_be_files_and_symlinks() {
     assert_eq!(m.readlink(long.ino).unwrap(), ("./".repeat(200) + "/file1").as_bytes());
     assert_eq!(m.namei(&c, b"/long-link", true).unwrap().ino, file1.ino);
 }
+
+// ---------------------------------------------------------------------------------------
+// Images from Debian's makefs, compared with their source trees
+
+/// What the walks compare of one file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Node {
+    kind: FileType,
+    perm: u32,
+    uid: u32,
+    gid: u32,
+    size: Option<u64>,
+    nlink: u32,
+    mtime: (i64, u32),
+    content: Option<String>,
+    target: Option<Vec<u8>>,
+    rdev: u32,
+    ino: u64,
+}
+
+fn kind_of(m: &std::fs::Metadata) -> FileType {
+    let ft = m.file_type();
+    if ft.is_dir() {
+        FileType::Directory
+    } else if ft.is_symlink() {
+        FileType::Symlink
+    } else if ft.is_fifo() {
+        FileType::Fifo
+    } else if ft.is_char_device() {
+        FileType::CharDevice
+    } else if ft.is_block_device() {
+        FileType::BlockDevice
+    } else if ft.is_socket() {
+        FileType::Socket
+    } else {
+        FileType::Regular
+    }
+}
+
+fn host_walk(root: &Path) -> BTreeMap<String, Node> {
+    fn rec(root: &Path, rel: &Path, out: &mut BTreeMap<String, Node>) {
+        for e in std::fs::read_dir(root.join(rel)).unwrap() {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            let p = root.join(&r);
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let kind = kind_of(&m);
+            if kind == FileType::Socket {
+                continue; // makefs leaves sockets out of its images
+            }
+            out.insert(
+                r.to_str().unwrap().to_string(),
+                Node {
+                    kind,
+                    perm: m.mode() & 0o7777,
+                    uid: m.uid(),
+                    gid: m.gid(),
+                    size: matches!(kind, FileType::Regular | FileType::Symlink).then_some(m.len()),
+                    nlink: m.nlink() as u32,
+                    mtime: (m.mtime(), m.mtime_nsec() as u32),
+                    content: (kind == FileType::Regular).then(|| t::sha256_file(&p).unwrap()),
+                    target: (kind == FileType::Symlink).then(|| std::fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec()),
+                    rdev: if matches!(kind, FileType::CharDevice | FileType::BlockDevice) { m.rdev() as u32 } else { 0 },
+                    ino: m.ino(),
+                },
+            );
+            if kind == FileType::Directory {
+                rec(root, &r, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    rec(root, Path::new(""), &mut out);
+    out
+}
+
+fn image_walk(m: &Mount) -> BTreeMap<String, Node> {
+    fn rec(m: &Mount, dir: Ino, prefix: &str, out: &mut BTreeMap<String, Node>) {
+        let cred = Cred::root();
+        let entries = list_dir(m, dir).unwrap();
+        let dots = entries.iter().filter(|e| e.0 == b"." || e.0 == b"..").count();
+        assert_eq!(dots, 2, "{prefix}: . and ..");
+        for (name, ino, kind) in entries {
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let name = String::from_utf8(name).unwrap();
+            let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+            let a = m.lookup(&cred, dir, name.as_bytes()).unwrap();
+            assert_eq!(a.ino, ino, "{rel}: lookup and readdir disagree");
+            assert_eq!(a.kind, kind, "{rel}: d_type and inode type disagree");
+            let content = (kind == FileType::Regular).then(|| sha(&read_all(m, ino, 200 << 10).unwrap()));
+            let target = (kind == FileType::Symlink).then(|| m.readlink(ino).unwrap());
+            out.insert(
+                rel.clone(),
+                Node {
+                    kind,
+                    perm: a.perm,
+                    uid: a.uid,
+                    gid: a.gid,
+                    size: matches!(kind, FileType::Regular | FileType::Symlink).then_some(a.size),
+                    nlink: a.nlink,
+                    mtime: (a.mtime.sec, a.mtime.nsec),
+                    content,
+                    target,
+                    rdev: a.rdev,
+                    ino: ino.0,
+                },
+            );
+            m.forget(ino, 1);
+            if kind == FileType::Directory {
+                rec(m, ino, &rel, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    rec(m, m.root(), "", &mut out);
+    out
+}
+
+/// Compares an image with its source tree. `ufs1`: 32-bit seconds (times outside are not
+/// compared).
+fn compare(src: &Path, m: &Mount, ufs1: bool) {
+    let want = host_walk(src);
+    let got = image_walk(m);
+    let only_src: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).take(20).collect();
+    let only_img: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).take(20).collect();
+    assert!(only_src.is_empty() && only_img.is_empty(), "names differ: only in the source {only_src:?}; only in the image {only_img:?}");
+    let mut by_src: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut diffs = Vec::new();
+    for (path, w) in &want {
+        let mut g = got[path].clone();
+        if let Some(prev) = by_src.insert(w.ino, g.ino) {
+            if prev != g.ino {
+                diffs.push(format!("{path}: hard link lost"));
+            }
+        }
+        let mut w = w.clone();
+        w.ino = 0;
+        g.ino = 0;
+        if ufs1 && i32::try_from(w.mtime.0).is_err() {
+            w.mtime = g.mtime;
+        }
+        // Debian's makefs stores whole seconds (the Linux stat has no st_mtimensec it knows).
+        w.mtime.1 = 0;
+        if w.kind == FileType::Directory {
+            // makefs counts a directory's links itself: 2 + subdirectories, as the source.
+            w.mtime = g.mtime; // directories get new times as makefs fills them
+        }
+        if w != g {
+            diffs.push(format!("{path}:\n  source {w:?}\n  image  {g:?}"));
+        }
+    }
+    assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.iter().take(30).cloned().collect::<Vec<_>>().join("\n"));
+}
+
+/// A source tree for makefs: every kind of file, boundary sizes, a big directory.
+fn ffs_tree() -> &'static t::SourceTree {
+    static TREE: std::sync::OnceLock<t::SourceTree> = std::sync::OnceLock::new();
+    TREE.get_or_init(|| {
+        let root = t::shared_subdir("ffs-src").join("tree");
+        let spec = t::TreeSpec { seed: 0xff5, full: true, big_dir_entries: 3000, sparse_5g: false, wide_times: true };
+        let tree = t::make_tree(&root, spec, "ffs");
+        // Sizes at the FFS block-map boundaries for 4k..64k blocks (direct, single, double).
+        let mut rng = t::Rng::new(99);
+        let ffs = root.join("ffs-sizes");
+        std::fs::create_dir(&ffs).unwrap();
+        for (name, size) in [
+            ("frag-tail-1", 4096 * 3 + 1),
+            ("b4k-direct-end", 12 * 4096),
+            ("b4k-single", 12 * 4096 + 1),
+            ("b4k-double", (12 + 512) * 4096 + 3),
+            ("b8k-double", (12 + 1024) * 8192 + 100),
+            ("b64k-direct-plus", 12 * 65536 + 77),
+        ] {
+            let mut data = vec![0u8; size];
+            rng.fill(&mut data);
+            std::fs::write(ffs.join(name), data).unwrap();
+        }
+        t::set_mtime(&ffs, 1_200_000_000, 0);
+        tree
+    })
+}
+
+fn makefs(img: &Path, src: &Path, opts: &str, order: &str) {
+    let out = t::run(t::tool("makefs").args(["-t", "ffs", "-B", order, "-o", opts, "-s", "64m", "-f", "20%"]).arg(img).arg(src));
+    assert!(out.ok(), "makefs -o {opts}: {}\n{}", out.stdout, out.stderr);
+}
+
+fn makefs_case(version: u32, order: &str, bsize: u32, fsize: u32) {
+    let tree = ffs_tree();
+    let dir = t::tempdir();
+    let img = dir.path().join("ffs.img");
+    makefs(&img, &tree.root, &format!("version={version},bsize={bsize},fsize={fsize}"), order);
+    let m = mount_img(&img);
+    compare(&tree.root, &m, version == 1);
+    let s = m.statfs().unwrap();
+    assert_eq!(s.bsize, fsize);
+    assert!(s.bfree > 0 && s.bfree < s.blocks && s.ffree > 0 && s.files > s.ffree, "{s:?}");
+}
+
+// Both versions, both byte orders, every block size, fragments from 1/8 to 1/1 of a block.
+#[test]
+fn makefs_ufs1_le_4k_512() {
+    makefs_case(1, "le", 4096, 512);
+}
+#[test]
+fn makefs_ufs1_be_8k_1k() {
+    makefs_case(1, "be", 8192, 1024);
+}
+#[test]
+fn makefs_ufs1_le_16k_2k() {
+    makefs_case(1, "le", 16384, 2048);
+}
+#[test]
+fn makefs_ufs1_be_32k_4k() {
+    makefs_case(1, "be", 32768, 4096);
+}
+#[test]
+fn makefs_ufs1_le_64k_16k() {
+    makefs_case(1, "le", 65536, 16384);
+}
+#[test]
+fn makefs_ufs2_be_4k_4k() {
+    makefs_case(2, "be", 4096, 4096);
+}
+#[test]
+fn makefs_ufs2_le_8k_1k() {
+    makefs_case(2, "le", 8192, 1024);
+}
+#[test]
+fn makefs_ufs2_be_16k_8k() {
+    makefs_case(2, "be", 16384, 8192);
+}
+#[test]
+fn makefs_ufs2_le_32k_4k() {
+    makefs_case(2, "le", 32768, 4096);
+}
+#[test]
+fn makefs_ufs2_be_64k_8k() {
+    makefs_case(2, "be", 65536, 8192);
+}
