@@ -445,7 +445,7 @@ def report(results, facts, meta, peaks, checks, kinds):
         lines.append(f"peak RSS (VmHWM) of the {k} server: max {top / 1024:.1f} MiB over "
                      f"{len(vals)} mounts (first: {by} MiB)")
     if "rumpfs" in peaks:
-        lines.append(f"  rumpfs-mount options: {meta['rumpfs_opts'] or '(defaults)'}; "
+        lines.append(f"  rumpfs-mount: {meta['rumpfs_bin']}; options: {meta['rumpfs_opts'] or '(defaults)'}; "
                      f"the big file read through it is {big_mib} MiB")
     lines.append("")
     for c in checks:
@@ -517,6 +517,7 @@ def main():
         "load_start": open("/proc/loadavg").read().split()[:3],
         "runs": runs,
         "rumpfs_opts": ",".join(rumpfs_opts),
+        "rumpfs_bin": os.path.abspath(a.bin),
         "mounts": kinds,
         "quick": a.quick,
     }
