@@ -22,11 +22,7 @@ echo "test: cargo build --release --workspace --bins"
 cargo build --release --workspace --bins
 
 export RUMPFS_MOUNT_BIN="$repo/target/release/rumpfs-mount"
-# Shared reference images (compressed), when the checkout sits next to shared/.
-if [ -d "$repo/../shared/test-images" ]; then
-    RUMPFS_TEST_IMAGES=$(cd "$repo/../shared/test-images" && pwd)
-    export RUMPFS_TEST_IMAGES
-fi
+# The tests find the shared reference images at ../shared/test-images themselves.
 
 # --no-fail-fast: one failing test binary does not hide the results of the others.
 echo "test: cargo test --release --workspace --no-fail-fast $*"
