@@ -14,6 +14,9 @@
 # Results: bench/out/latest.txt, bench/out/results-*.{txt,json}. Every mount, server and loop
 # device it makes is undone on every exit path, including Ctrl-C and a crash of the helper.
 set -euo pipefail
+# HOME may be unset under some CI runners; rustup and cargo live under it.
+: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
+export HOME
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"

@@ -8,6 +8,9 @@
 # only when some are missing). Everything it makes lives in one temporary directory that is
 # unmounted and removed on every exit path.
 set -euo pipefail
+# HOME may be unset under some CI runners; rustup and cargo live under it.
+: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
+export HOME
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # mke2fs, sfdisk, sgdisk live in /usr/sbin, which is not on an ordinary user's PATH.

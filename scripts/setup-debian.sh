@@ -9,6 +9,9 @@
 #   scripts/setup-debian.sh            install what is missing
 #   scripts/setup-debian.sh --check    only report what is missing (exit 1 if anything is)
 set -euo pipefail
+# HOME may be unset under some CI runners; rustup and cargo live under it.
+: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
+export HOME
 
 # What the project needs, by Debian 12 package name.
 PACKAGES=(

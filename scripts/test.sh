@@ -9,6 +9,9 @@
 # go to `cargo test` (e.g. ./scripts/test.sh -- --nocapture). Exits non-zero when anything
 # fails; the last lines are cargo's own test summary.
 set -euo pipefail
+# HOME may be unset under some CI runners; rustup and cargo live under it.
+: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
+export HOME
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # mke2fs, sfdisk, sgdisk live in /usr/sbin, which is not on an ordinary user's PATH.
