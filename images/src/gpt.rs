@@ -210,6 +210,8 @@ fn entries(h: &Header, ss: u64, warnings: &mut Vec<String>) -> Vec<Partition> {
             size,
             kind: type_name(&type_guid),
             name: if name.is_empty() { None } else { Some(name) },
+            letter: None,
+            slice: None,
         });
     }
     parts

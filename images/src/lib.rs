@@ -10,12 +10,15 @@
 //! - [`partitions`] / [`read_table`] parse an MBR (with extended partitions) or a GPT.
 //!   Every on-disk value is checked; a damaged table becomes an error or a warning, never a
 //!   panic or an endless loop.
+//! - BSD disklabels (whole disk, or in an MBR slice of type 0xA9, 0xA5 or 0xA6) add
+//!   partitions named by letter.
 //! - [`select`] turns `-o partition=N` (or its absence, by probing) into the device a file
 //!   system driver mounts.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod disklabel;
 mod error;
 mod gpt;
 mod image;

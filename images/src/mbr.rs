@@ -116,6 +116,8 @@ fn partition(index: u32, start_lba: u64, e: &Entry) -> Partition {
         size: u64::from(e.sectors) * SECTOR,
         kind: format!("{} (0x{:02x})", type_name(e.kind), e.kind),
         name: None,
+        letter: None,
+        slice: None,
     }
 }
 

@@ -32,30 +32,19 @@ pub fn select(
 
     if let Some(requested) = requested {
         let req = requested.trim();
-        let Some(n) = req.parse::<u32>().ok().filter(|&n| n > 0) else {
+        let p = find_requested(&name, parts, req)?;
+        let n = p.spec();
+        if p.holds_label() {
+            let inner: Vec<String> =
+                parts.iter().filter(|l| l.letter.is_some() && l.slice == Some(p.index)).map(|l| l.to_string()).collect();
             return Err(ImageError::new(
                 Errno::EINVAL,
                 format!(
-                    "{name}: partition={requested} is not a partition number{}",
-                    listing(parts, "; partitions: ")
-                ),
-            ));
-        };
-        if parts.is_empty() {
-            return Err(ImageError::new(
-                Errno::ENXIO,
-                format!(
-                    "{name} has no partition table, so no partition {n}; \
-                     leave out -o partition to use the whole image"
+                    "{name}: partition {n} is a slice holding a BSD disklabel; choose one of its partitions: {}",
+                    if inner.is_empty() { "none".to_string() } else { inner.join(", ") }
                 ),
             ));
         }
-        let Some(p) = parts.iter().find(|p| p.index == n) else {
-            return Err(ImageError::new(
-                Errno::ENXIO,
-                format!("{name} has no partition {n}; partitions: {}", list(parts)),
-            ));
-        };
         if p.is_container() {
             let logicals: Vec<String> = parts
                 .iter()
@@ -128,10 +117,59 @@ pub fn select(
     }
 }
 
+/// The partition `-o partition=REQ` names: a number, a disklabel letter (`e`) or a slice
+/// number and letter (`1e`).
+fn find_requested<'a>(name: &str, parts: &'a [Partition], req: &str) -> Result<&'a Partition, ImageError> {
+    // Letters name disklabel partitions, so they mean something only where a label is.
+    let has_letters = parts.iter().any(|p| p.letter.is_some());
+    let letter = req.chars().last().filter(|c| has_letters && c.is_ascii_lowercase());
+    let number = req.parse::<u32>().ok().filter(|&n| n > 0);
+    if number.is_none() && letter.is_none() {
+        return Err(ImageError::new(
+            Errno::EINVAL,
+            format!("{name}: partition={req} is not a partition number or disklabel letter{}", listing(parts, "; partitions: ")),
+        ));
+    }
+    if parts.is_empty() {
+        return Err(ImageError::new(
+            Errno::ENXIO,
+            format!(
+                "{name} has no partition table, so no partition {req}; \
+                 leave out -o partition to use the whole image"
+            ),
+        ));
+    }
+    let found: Vec<&Partition> = match (number, letter) {
+        (Some(n), _) => parts.iter().filter(|p| p.index == n).collect(),
+        (None, Some(l)) => {
+            let slice = &req[..req.len() - 1];
+            if slice.is_empty() {
+                parts.iter().filter(|p| p.letter == Some(l)).collect()
+            } else {
+                let s: Option<u32> = slice.parse().ok();
+                parts.iter().filter(|p| p.letter == Some(l) && s.is_some() && p.slice == s).collect()
+            }
+        }
+        (None, None) => Vec::new(),
+    };
+    match found.as_slice() {
+        [p] => Ok(p),
+        [] => Err(ImageError::new(Errno::ENXIO, format!("{name} has no partition {req}; partitions: {}", list(parts)))),
+        several => Err(ImageError::new(
+            Errno::EINVAL,
+            format!(
+                "{name}: partition={req} is ambiguous ({}); name the slice too, e.g. partition={}",
+                several.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
+                several[0].spec()
+            ),
+        )),
+    }
+}
+
 /// The partition as a slice of `dev`, labelled `partition N`.
 fn slice_of(dev: &Arc<dyn BlockDevice>, p: &Partition) -> Result<Arc<dyn BlockDevice>, ImageError> {
     match Slice::new(Arc::clone(dev), p.start, p.size) {
-        Ok(s) => Ok(Arc::new(s.with_label(format!("partition {}", p.index)))),
+        Ok(s) => Ok(Arc::new(s.with_label(format!("partition {}", p.spec())))),
         Err(e) => Err(ImageError::new(
             e.errno,
             format!(

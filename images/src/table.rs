@@ -1,7 +1,7 @@
 //! Partition tables: what [`partitions`] and [`read_table`] return, and the checks they share.
 
 use crate::error::ImageError;
-use crate::{gpt, human_size, mbr};
+use crate::{disklabel, gpt, human_size, mbr};
 use std::fmt;
 use vfs_faction::BlockDevice;
 
@@ -13,6 +13,8 @@ pub enum Scheme {
     Mbr,
     /// A GUID partition table (UEFI).
     Gpt,
+    /// A BSD disklabel (whole disk, or inside an MBR slice): partitions named by letter.
+    BsdLabel,
 }
 
 impl fmt::Display for Scheme {
@@ -20,6 +22,7 @@ impl fmt::Display for Scheme {
         f.write_str(match self {
             Scheme::Mbr => "MBR",
             Scheme::Gpt => "GPT",
+            Scheme::BsdLabel => "BSD disklabel",
         })
     }
 }
@@ -41,6 +44,11 @@ pub struct Partition {
     pub kind: String,
     /// The GPT partition name, if it has one.
     pub name: Option<String>,
+    /// The letter of a BSD disklabel partition (`-o partition=e`).
+    pub letter: Option<char>,
+    /// For a disklabel partition, the MBR slice holding the label (`None`: a whole-disk
+    /// label). For an MBR slice, `Some(index)` when it holds a BSD disklabel itself.
+    pub slice: Option<u32>,
 }
 
 impl Partition {
@@ -61,7 +69,23 @@ impl Partition {
     /// True for an MBR extended partition: a container of logical partitions, not a place
     /// for a file system.
     pub fn is_container(&self) -> bool {
-        self.mbr_type().is_some_and(mbr::is_extended)
+        self.mbr_type().is_some_and(mbr::is_extended) || self.holds_label()
+    }
+
+    /// True for an MBR slice holding a BSD disklabel: its lettered partitions are the places
+    /// for file systems.
+    pub fn holds_label(&self) -> bool {
+        self.scheme == Scheme::Mbr && self.slice == Some(self.index)
+    }
+
+    /// The name `-o partition=` takes for this partition: its number, or for a disklabel
+    /// partition its letter (`e`), with the slice number before it when there is one (`1e`).
+    pub fn spec(&self) -> String {
+        match (self.letter, self.slice) {
+            (Some(l), Some(s)) => format!("{s}{l}"),
+            (Some(l), None) => l.to_string(),
+            _ => self.index.to_string(),
+        }
     }
 
     /// The kind without the MBR type code (`Linux`).
@@ -77,6 +101,9 @@ impl Partition {
 impl fmt::Display for Partition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} (", self.index)?;
+        if self.letter.is_some() {
+            write!(f, "{}, ", self.spec())?;
+        }
         if let Some(name) = &self.name {
             write!(f, "{name:?}, ")?;
         }
@@ -125,6 +152,24 @@ pub fn read_table(dev: &dyn BlockDevice) -> Result<PartitionTable, ImageError> {
     } else if let Some(primaries) = primaries {
         table.scheme = Some(Scheme::Mbr);
         table.partitions = mbr::read(dev, &primaries, &mut table.warnings)?;
+        // BSD disklabels inside NetBSD, FreeBSD and OpenBSD slices; their partitions are
+        // numbered after the MBR's, as Linux numbers them.
+        let mut next = table.partitions.iter().map(|p| p.index + 1).max().unwrap_or(1).max(5);
+        let mut found = Vec::new();
+        for p in table.partitions.iter_mut() {
+            if !p.mbr_type().is_some_and(disklabel::is_bsd_slice) || p.end() > dev.size() {
+                continue;
+            }
+            if let Some(label) = disklabel::find(dev, p.start, p.size)? {
+                p.slice = Some(p.index);
+                found.extend(disklabel::partitions(&label, (p.start, p.size), Some(p.index), &mut next, &mut table.warnings));
+            }
+        }
+        table.partitions.extend(found);
+    } else if let Some(label) = disklabel::find(dev, 0, dev.size())? {
+        table.scheme = Some(Scheme::BsdLabel);
+        let mut next = 1;
+        table.partitions = disklabel::partitions(&label, (0, dev.size()), None, &mut next, &mut table.warnings);
     }
     let found = problems(&table.partitions, dev.size());
     table.warnings.extend(found);
