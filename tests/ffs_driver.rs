@@ -514,7 +514,9 @@ fn sleuthkit_case(order: &str) {
         if path.starts_with("bigdir/") && n.size == Some(0) {
             continue;
         }
-        let istat = t::run_ok(t::tool("istat").arg(&img).arg(ino.to_string())).stdout;
+        // istat fails on device inodes after printing their attributes (it takes the device
+        // number in di_db[0] for a block address): use what it printed.
+        let istat = t::run(t::tool("istat").arg(&img).arg(ino.to_string())).stdout;
         let ids = tsk_field(&istat, "uid / gid:");
         assert_eq!(ids, format!("{} / {}", n.uid, n.gid), "{path}: owner");
         assert_eq!(tsk_field(&istat, "num of links:"), n.nlink.to_string(), "{path}: links");
