@@ -64,10 +64,11 @@ pub fn parse_size(s: &str) -> Option<usize> {
 }
 
 impl Options {
-    /// Defaults: read-only, `vcpus` = `cores`, 64 MiB of buffer cache.
+    /// Defaults: read-write (drivers that cannot write mount read-only with a warning),
+    /// `vcpus` = `cores`, 64 MiB of buffer cache.
     pub fn new(cores: usize) -> Options {
         Options {
-            read_only: true,
+            read_only: false,
             explicit_rw: false,
             allow_other: false,
             allow_root: false,
@@ -178,6 +179,7 @@ mod tests {
     #[test]
     fn fstab_style_lists() {
         let mut o = Options::new(2);
+        assert!(!o.read_only && !o.explicit_rw, "read-write by default, not explicitly");
         o.apply("ro,nosuid,nodev,noauto,x-systemd.automount,partition=2,allow_other,cache=128M,vcpus=1").unwrap();
         assert!(o.read_only && o.allow_other && !o.explicit_rw);
         assert_eq!(o.partition.as_deref(), Some("2"));

@@ -8,14 +8,32 @@ use vfs_faction::CachedDev;
 
 /// `bg_flags`: the group's inode table is not initialised.
 pub const BG_INODE_UNINIT: u16 = 0x1;
+/// `bg_flags`: the group's block bitmap is not initialised.
+pub const BG_BLOCK_UNINIT: u16 = 0x2;
+/// `bg_flags`: the group's inode table is zeroed.
+pub const BG_ITABLE_ZEROED: u16 = 0x4;
 
-mod field {
+pub(crate) mod field {
+    pub const BLOCK_BITMAP_LO: usize = 0x0;
+    pub const INODE_BITMAP_LO: usize = 0x4;
     pub const INODE_TABLE_LO: usize = 0x8;
+    pub const FREE_BLOCKS_LO: usize = 0xC;
+    pub const FREE_INODES_LO: usize = 0xE;
+    pub const USED_DIRS_LO: usize = 0x10;
     pub const FLAGS: usize = 0x12;
+    pub const BLOCK_BITMAP_CSUM_LO: usize = 0x18;
+    pub const INODE_BITMAP_CSUM_LO: usize = 0x1A;
     pub const ITABLE_UNUSED_LO: usize = 0x1C;
     pub const CHECKSUM: usize = 0x1E;
+    pub const BLOCK_BITMAP_HI: usize = 0x20;
+    pub const INODE_BITMAP_HI: usize = 0x24;
     pub const INODE_TABLE_HI: usize = 0x28;
+    pub const FREE_BLOCKS_HI: usize = 0x2C;
+    pub const FREE_INODES_HI: usize = 0x2E;
+    pub const USED_DIRS_HI: usize = 0x30;
     pub const ITABLE_UNUSED_HI: usize = 0x32;
+    pub const BLOCK_BITMAP_CSUM_HI: usize = 0x38;
+    pub const INODE_BITMAP_CSUM_HI: usize = 0x3A;
 }
 
 /// One validated group descriptor.
@@ -29,7 +47,7 @@ pub struct Group {
 }
 
 /// Where group `g`'s descriptor lives: (block, byte offset in it).
-fn desc_location(sb: &Superblock, g: u32) -> Option<(u64, usize)> {
+pub(crate) fn desc_location(sb: &Superblock, g: u32) -> Option<(u64, usize)> {
     let per_block = sb.block_size / sb.desc_size;
     let block_index = g / per_block;
     let offset = ((g % per_block) * sb.desc_size) as usize;
@@ -47,10 +65,10 @@ fn desc_location(sb: &Superblock, g: u32) -> Option<(u64, usize)> {
     }
 }
 
-/// Checks a descriptor's checksum; `Err` describes the mismatch.
-fn verify(sb: &Superblock, g: u32, d: &[u8]) -> Result<(), String> {
-    let stored = le16(d, field::CHECKSUM);
-    let computed = if sb.metadata_csum() {
+/// The checksum descriptor `d` of group `g` should carry (`None`: the file system keeps no
+/// group descriptor checksums).
+pub(crate) fn desc_csum(sb: &Superblock, g: u32, d: &[u8]) -> Option<u16> {
+    Some(if sb.metadata_csum() {
         let c = csum::raw(sb.csum_seed, &g.to_le_bytes());
         let c = csum::raw(c, &d[..field::CHECKSUM]);
         let c = csum::raw(c, &[0, 0]);
@@ -62,8 +80,14 @@ fn verify(sb: &Superblock, g: u32, d: &[u8]) -> Result<(), String> {
         let c = csum::crc16(c, &d[..field::CHECKSUM]);
         csum::crc16(c, &d[field::CHECKSUM + 2..])
     } else {
-        return Ok(());
-    };
+        return None;
+    })
+}
+
+/// Checks a descriptor's checksum; `Err` describes the mismatch.
+fn verify(sb: &Superblock, g: u32, d: &[u8]) -> Result<(), String> {
+    let stored = le16(d, field::CHECKSUM);
+    let Some(computed) = desc_csum(sb, g, d) else { return Ok(()) };
     if stored == computed {
         Ok(())
     } else {
@@ -73,6 +97,99 @@ fn verify(sb: &Superblock, g: u32, d: &[u8]) -> Result<(), String> {
 
 /// Reads, checks and validates every group descriptor. `Err` is a message for the user.
 pub fn load(sb: &Superblock, dev: &CachedDev) -> Result<Vec<Group>, String> {
+    Ok(load_full(sb, dev)?.into_iter().map(|d| d.group).collect())
+}
+
+/// One group descriptor as the write path keeps it: the raw record (patched in place and
+/// written back with [`super::update::write_group`]) and where it lives.
+#[derive(Clone, Debug)]
+pub struct GroupDesc {
+    /// The validated read-side view (inode table, flags, unused inodes).
+    pub group: Group,
+    /// The `desc_size` bytes of the record.
+    pub raw: Vec<u8>,
+    /// Block holding the descriptor and byte offset in it.
+    pub blk: u64,
+    pub off: usize,
+}
+
+impl GroupDesc {
+    fn wide(&self) -> bool {
+        self.raw.len() >= 64
+    }
+    fn get32(&self, lo: usize, hi: usize) -> u64 {
+        let mut v = u64::from(le32(&self.raw, lo));
+        if self.wide() {
+            v |= u64::from(le32(&self.raw, hi)) << 32;
+        }
+        v
+    }
+    fn get16(&self, lo: usize, hi: usize) -> u32 {
+        let mut v = u32::from(le16(&self.raw, lo));
+        if self.wide() {
+            v |= u32::from(le16(&self.raw, hi)) << 16;
+        }
+        v
+    }
+    fn put16(&mut self, lo: usize, hi: usize, v: u32) {
+        self.raw[lo..lo + 2].copy_from_slice(&(v as u16).to_le_bytes());
+        if self.wide() {
+            self.raw[hi..hi + 2].copy_from_slice(&((v >> 16) as u16).to_le_bytes());
+        }
+    }
+    pub fn block_bitmap(&self) -> u64 {
+        self.get32(field::BLOCK_BITMAP_LO, field::BLOCK_BITMAP_HI)
+    }
+    pub fn inode_bitmap(&self) -> u64 {
+        self.get32(field::INODE_BITMAP_LO, field::INODE_BITMAP_HI)
+    }
+    pub fn inode_table(&self) -> u64 {
+        self.group.inode_table
+    }
+    pub fn free_blocks(&self) -> u32 {
+        self.get16(field::FREE_BLOCKS_LO, field::FREE_BLOCKS_HI)
+    }
+    pub fn set_free_blocks(&mut self, v: u32) {
+        self.put16(field::FREE_BLOCKS_LO, field::FREE_BLOCKS_HI, v)
+    }
+    pub fn free_inodes(&self) -> u32 {
+        self.get16(field::FREE_INODES_LO, field::FREE_INODES_HI)
+    }
+    pub fn set_free_inodes(&mut self, v: u32) {
+        self.put16(field::FREE_INODES_LO, field::FREE_INODES_HI, v)
+    }
+    pub fn used_dirs(&self) -> u32 {
+        self.get16(field::USED_DIRS_LO, field::USED_DIRS_HI)
+    }
+    pub fn set_used_dirs(&mut self, v: u32) {
+        self.put16(field::USED_DIRS_LO, field::USED_DIRS_HI, v)
+    }
+    pub fn flags(&self) -> u16 {
+        le16(&self.raw, field::FLAGS)
+    }
+    pub fn set_flags(&mut self, v: u16) {
+        self.raw[field::FLAGS..field::FLAGS + 2].copy_from_slice(&v.to_le_bytes());
+        self.group.flags = v;
+    }
+    pub fn itable_unused(&self) -> u32 {
+        self.group.itable_unused
+    }
+    pub fn set_itable_unused(&mut self, v: u32) {
+        self.put16(field::ITABLE_UNUSED_LO, field::ITABLE_UNUSED_HI, v);
+        self.group.itable_unused = v;
+    }
+    /// Stores a block bitmap checksum (metadata_csum; the high half only in 64-byte records).
+    pub fn set_block_bitmap_csum(&mut self, c: u32) {
+        self.put16(field::BLOCK_BITMAP_CSUM_LO, field::BLOCK_BITMAP_CSUM_HI, c)
+    }
+    /// Stores an inode bitmap checksum.
+    pub fn set_inode_bitmap_csum(&mut self, c: u32) {
+        self.put16(field::INODE_BITMAP_CSUM_LO, field::INODE_BITMAP_CSUM_HI, c)
+    }
+}
+
+/// Reads, checks and validates every group descriptor, keeping the raw records for writing.
+pub fn load_full(sb: &Superblock, dev: &CachedDev) -> Result<Vec<GroupDesc>, String> {
     let mut groups = Vec::with_capacity(sb.group_count as usize);
     let itb = sb.inode_table_blocks();
     let mut cached: Option<(u64, std::sync::Arc<vfs_faction::bufcache::Buf>)> = None;
@@ -109,7 +226,8 @@ pub fn load(sb: &Superblock, dev: &CachedDev) -> Result<Vec<Group>, String> {
                 "group {g}: inode table at block {inode_table} (+{itb}) is outside the file system"
             ));
         }
-        groups.push(Group { inode_table, flags: le16(d, field::FLAGS), itable_unused });
+        let group = Group { inode_table, flags: le16(d, field::FLAGS), itable_unused };
+        groups.push(GroupDesc { group, raw: d.to_vec(), blk, off });
     }
     Ok(groups)
 }

@@ -6,13 +6,14 @@ use super::superblock::{ro_compat, Superblock, OS_HURD};
 use super::{le16, le32};
 use vfs_faction::{FileType, Timespec};
 
-mod field {
+pub(crate) mod field {
     pub const MODE: usize = 0x0;
     pub const UID: usize = 0x2;
     pub const SIZE_LO: usize = 0x4;
     pub const ATIME: usize = 0x8;
     pub const CTIME: usize = 0xC;
     pub const MTIME: usize = 0x10;
+    pub const DTIME: usize = 0x14;
     pub const GID: usize = 0x18;
     pub const LINKS: usize = 0x1A;
     pub const BLOCKS_LO: usize = 0x1C;
@@ -38,6 +39,9 @@ mod field {
 /// `i_flags` bits.
 pub mod flags {
     pub const INDEX: u32 = 0x1000;
+    /// Flags a new inode inherits from its directory (ext4's `EXT4_FL_INHERITED` subset we
+    /// keep: sync, nodump, noatime, dirsync, ... but not compression or immutable).
+    pub const INHERITED: u32 = 0x8 | 0x40 | 0x80 | 0x4000 | 0x1_0000 | 0x2_0000;
     pub const HUGE_FILE: u32 = 0x4_0000;
     pub const EXTENTS: u32 = 0x8_0000;
     pub const INLINE_DATA: u32 = 0x1000_0000;
@@ -66,6 +70,8 @@ pub struct Inode {
     pub block: [u8; 60],
     pub generation: u32,
     pub file_acl: u64,
+    /// `i_dtime`: deletion time, or the next inode of the orphan list.
+    pub dtime: u32,
     /// `i_extra_isize` (0 for 128-byte inodes), already checked to fit the record.
     pub extra_isize: u16,
     pub raw: Vec<u8>,
@@ -79,7 +85,7 @@ pub enum InodeError {
     Corrupt(String),
 }
 
-fn time(raw: &[u8], secs_off: usize, extra_off: usize, extra_end: usize) -> Timespec {
+pub(crate) fn time(raw: &[u8], secs_off: usize, extra_off: usize, extra_end: usize) -> Timespec {
     let sec = i64::from(le32(raw, secs_off) as i32);
     if extra_off + 4 <= extra_end {
         let extra = le32(raw, extra_off);
@@ -95,6 +101,25 @@ fn time(raw: &[u8], secs_off: usize, extra_off: usize, extra_end: usize) -> Time
 /// The inode checksum seed: `crc(fs seed, ino, generation)`.
 pub fn csum_seed(sb: &Superblock, ino: u32, generation: u32) -> u32 {
     csum::raw(csum::raw(sb.csum_seed, &ino.to_le_bytes()), &generation.to_le_bytes())
+}
+
+/// The metadata_csum checksum of inode record `raw` (checksum fields counted as zero) and
+/// whether the record has room for its high half.
+pub(crate) fn checksum(sb: &Superblock, ino: u32, raw: &[u8]) -> (u32, bool) {
+    let extra_isize = if raw.len() > GOOD_OLD_SIZE { usize::from(le16(raw, field::EXTRA_ISIZE)) } else { 0 };
+    let seed = csum_seed(sb, ino, le32(raw, field::GENERATION));
+    let has_hi = raw.len() > GOOD_OLD_SIZE && extra_isize >= 4;
+    let mut c = csum::raw(seed, &raw[..field::CHECKSUM_LO]);
+    c = csum::raw(c, &[0, 0]);
+    if has_hi {
+        c = csum::raw(c, &raw[field::CHECKSUM_LO + 2..field::CHECKSUM_HI]);
+        c = csum::raw(c, &[0, 0]);
+        c = csum::raw(c, &raw[field::CHECKSUM_HI + 2..]);
+    } else {
+        c = csum::raw(c, &raw[field::CHECKSUM_LO + 2..]);
+        c &= 0xFFFF;
+    }
+    (c, has_hi)
 }
 
 /// Checks the metadata_csum checksum of inode record `raw` of inode `ino`.
@@ -195,6 +220,7 @@ impl Inode {
             block,
             generation: le32(raw, field::GENERATION),
             file_acl,
+            dtime: le32(raw, field::DTIME),
             extra_isize: extra_isize as u16,
             raw: raw.to_vec(),
         })

@@ -99,6 +99,8 @@ pub mod ro_compat {
     pub const BTREE_DIR: u32 = 0x4;
     pub const HUGE_FILE: u32 = 0x8;
     pub const GDT_CSUM: u32 = 0x10;
+    pub const DIR_NLINK: u32 = 0x20;
+    pub const EXTRA_ISIZE: u32 = 0x40;
     pub const BIGALLOC: u32 = 0x200;
     pub const METADATA_CSUM: u32 = 0x400;
 }

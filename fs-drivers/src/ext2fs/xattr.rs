@@ -31,9 +31,49 @@ fn prefix(index: u8) -> Option<&'static [u8]> {
     })
 }
 
+/// One attribute as stored: name index, name suffix and the stored value (ACLs in ext4's
+/// compact form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawXattr {
+    pub index: u8,
+    pub name: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+impl RawXattr {
+    /// Bytes this entry takes in an attribute area: the entry (padded) and its value (padded).
+    pub fn space(&self) -> usize {
+        (16 + self.name.len()).next_multiple_of(4) + self.value.len().next_multiple_of(4)
+    }
+}
+
 /// Parses the entries of one attribute area. `entries` is where the first entry starts in
 /// `area`; value offsets count from `value_base`. Entries end at a zero word.
 pub fn parse(area: &[u8], entries: usize, value_base: usize) -> Result<Vec<Xattr>, String> {
+    let mut out = Vec::new();
+    for r in parse_raw(area, entries, value_base)? {
+        let full = match prefix(r.index) {
+            Some(p) => {
+                let mut n = p.to_vec();
+                // The ACL names are whole names; their suffix is empty.
+                if !matches!(r.index, 2 | 3 | 8) {
+                    n.extend_from_slice(&r.name);
+                }
+                n
+            }
+            None => {
+                log::warn!("xattr with unknown name index {} ignored", r.index);
+                continue;
+            }
+        };
+        let value = if matches!(r.index, 2 | 3) { acl_to_xattr(&r.value)? } else { r.value };
+        out.push(Xattr { name: full, value });
+    }
+    Ok(out)
+}
+
+/// [`parse`] without the name and ACL translation: the entries as stored.
+pub fn parse_raw(area: &[u8], entries: usize, value_base: usize) -> Result<Vec<RawXattr>, String> {
     let mut out = Vec::new();
     let mut pos = entries;
     loop {
@@ -68,25 +108,86 @@ pub fn parse(area: &[u8], entries: usize, value_base: usize) -> Result<Vec<Xattr
             ));
         }
         let value = if value_size == 0 { Vec::new() } else { area[vstart..vend].to_vec() };
-        let full = match prefix(index) {
-            Some(p) => {
-                let mut n = p.to_vec();
-                // The ACL names are whole names; their suffix is empty.
-                if !matches!(index, 2 | 3 | 8) {
-                    n.extend_from_slice(name);
-                }
-                n
-            }
-            None => {
-                log::warn!("xattr with unknown name index {index} ignored");
-                pos = name_end.next_multiple_of(4);
-                continue;
-            }
-        };
-        let value = if matches!(index, 2 | 3) { acl_to_xattr(&value)? } else { value };
-        out.push(Xattr { name: full, value });
+        out.push(RawXattr { index, name: name.to_vec(), value });
         pos = name_end.next_multiple_of(4);
     }
+}
+
+/// Splits a full attribute name into (name index, stored suffix); `None` for a namespace ext4
+/// cannot store.
+pub fn split_name(full: &[u8]) -> Option<(u8, &[u8])> {
+    for (idx, whole) in [(2u8, &b"system.posix_acl_access"[..]), (3, b"system.posix_acl_default"), (8, b"system.richacl")] {
+        if full == whole {
+            return Some((idx, &[]));
+        }
+    }
+    for (idx, p) in [(1u8, &b"user."[..]), (4, b"trusted."), (6, b"security."), (7, b"system.")] {
+        if let Some(rest) = full.strip_prefix(p) {
+            if !rest.is_empty() && rest.len() <= 255 {
+                return Some((idx, rest));
+            }
+        }
+    }
+    None
+}
+
+/// Writes entries into an area: entries from `entries_at`, values packed down from the end
+/// of the area, value offsets counted from `value_base`. Returns the entry hashes, or `None`
+/// if they do not fit.
+pub fn encode(area: &mut [u8], entries_at: usize, value_base: usize, xs: &[RawXattr]) -> Option<Vec<u32>> {
+    let mut hashes = Vec::with_capacity(xs.len());
+    let mut pos = entries_at;
+    let mut vend = area.len();
+    for x in xs {
+        let elen = (16 + x.name.len()).next_multiple_of(4);
+        let vlen = x.value.len().next_multiple_of(4);
+        if pos + elen + 4 > vend.checked_sub(vlen)? {
+            return None;
+        }
+        let voff = if x.value.is_empty() { 0 } else { vend - vlen };
+        if !x.value.is_empty() {
+            area[voff..voff + vlen].fill(0);
+            area[voff..voff + x.value.len()].copy_from_slice(&x.value);
+            vend = voff;
+        }
+        let h = super::update::xattr_entry_hash(&x.name, &x.value);
+        area[pos] = x.name.len() as u8;
+        area[pos + 1] = x.index;
+        let rel = if x.value.is_empty() { 0 } else { voff - value_base };
+        area[pos + 2..pos + 4].copy_from_slice(&(rel as u16).to_le_bytes());
+        area[pos + 4..pos + 8].copy_from_slice(&0u32.to_le_bytes());
+        area[pos + 8..pos + 12].copy_from_slice(&(x.value.len() as u32).to_le_bytes());
+        area[pos + 12..pos + 16].copy_from_slice(&h.to_le_bytes());
+        area[pos + 16..pos + elen].fill(0);
+        area[pos + 16..pos + 16 + x.name.len()].copy_from_slice(&x.name);
+        hashes.push(h);
+        pos += elen;
+    }
+    if pos + 4 > vend {
+        return None;
+    }
+    area[pos..vend].fill(0);
+    Some(hashes)
+}
+
+/// The xattr form of a POSIX ACL (version 2, 8-byte entries) to ext4's compact form.
+pub fn xattr_to_acl(v: &[u8]) -> Result<Vec<u8>, String> {
+    if v.len() < 4 || le32(v, 0) != 2 || (v.len() - 4) % 8 != 0 {
+        return Err("ACL with a bad header".into());
+    }
+    let mut out = 1u32.to_le_bytes().to_vec();
+    for e in v[4..].chunks(8) {
+        let tag = le16(e, 0);
+        let perm = le16(e, 2);
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&perm.to_le_bytes());
+        match tag {
+            1 | 4 | 0x10 | 0x20 => {}
+            2 | 8 => out.extend_from_slice(&le32(e, 4).to_le_bytes()),
+            _ => return Err(format!("ACL entry with unknown tag {tag}")),
+        }
+    }
+    Ok(out)
 }
 
 /// In-inode attributes: `area` is the inode's bytes after `128 + i_extra_isize`.
@@ -95,6 +196,14 @@ pub fn parse_inode(area: &[u8]) -> Result<Vec<Xattr>, String> {
         return Ok(Vec::new());
     }
     parse(&area[4..], 0, 0)
+}
+
+/// In-inode attributes as stored.
+pub fn parse_inode_raw(area: &[u8]) -> Result<Vec<RawXattr>, String> {
+    if area.len() < 4 || le32(area, 0) != MAGIC {
+        return Ok(Vec::new());
+    }
+    parse_raw(&area[4..], 0, 0)
 }
 
 /// An EA block: checks the header (and the checksum when `csum_seed` is given, with the
@@ -119,6 +228,12 @@ pub fn parse_block(block: &[u8], blk: u64, csum_seed: Option<u32>) -> Result<Vec
         }
     }
     parse(block, BLOCK_HEADER, 0)
+}
+
+/// An EA block's entries as stored (header and checksum checked as [`parse_block`] does).
+pub fn parse_block_raw(block: &[u8], blk: u64, csum_seed: Option<u32>) -> Result<Vec<RawXattr>, String> {
+    parse_block(block, blk, csum_seed)?;
+    parse_raw(block, BLOCK_HEADER, 0)
 }
 
 /// ext4's compact ACL (version 1: 4-byte entries for the owner/group/mask/other, 8-byte with

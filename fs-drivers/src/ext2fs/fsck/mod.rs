@@ -173,7 +173,7 @@ pub(crate) fn check(
     sink: &mut dyn FsckSink,
 ) -> Result<FsckSummary, MountError> {
     let name = dev.describe();
-    let op = |e: Errno, m: String| MountError::new(e, format!("{name}: {m}"));
+    let op = |e: Errno, m: String| MountError::new(e, m);
     if dev.size() < SB_OFFSET + SB_SIZE as u64 {
         return Err(op(Errno::EINVAL, "too small to hold an ext2/ext3/ext4 file system".into()));
     }
@@ -529,7 +529,7 @@ impl<'a> Checker<'a> {
         }
         for (g, stored, want) in bad_csum {
             let m = format!("descriptor checksum is 0x{stored:04x}, should be 0x{want:04x}");
-            let p = self.problem(Level::Preen, PH, format!("group {g}"), m, Some("rewrite the checksum"));
+            let p = self.problem(Level::Minor, PH, format!("group {g}"), m, Some("rewrite the checksum"));
             if self.want(&p) {
                 self.gd_dirty[g as usize] = true;
                 self.done(p, true);

@@ -360,12 +360,35 @@ impl Checker<'_> {
         if ino < self.sb.first_ino && ino != ROOT_INO {
             return self.reserved_inode(ino, raw);
         }
-        if links == 0 {
-            return Ok(());
-        }
         let obj = format!("inode {ino}");
         let mut raw = raw.to_vec();
         let mut dirty = false;
+        let dtime = le32(&raw, ifield::DTIME);
+        if dtime != 0 && dtime < self.sb.inodes_count {
+            let p = self.problem(Level::Preen, PH, obj.clone(), format!("was on the orphan list (dtime {dtime})"), Some("fix dtime"));
+            if self.want(&p) {
+                put32(&mut raw, ifield::DTIME, if links > 0 { 0 } else { self.now.max(1) });
+                dirty = true;
+                self.done(p, true);
+            } else {
+                self.unfixed(p);
+            }
+        } else if links == 0 && dtime == 0 && mode != 0 {
+            let p = self.problem(Level::Preen, PH, obj.clone(), "is deleted but has no dtime".into(), Some("set dtime"));
+            if self.want(&p) {
+                put32(&mut raw, ifield::DTIME, self.now.max(1));
+                dirty = true;
+                self.done(p, true);
+            } else {
+                self.unfixed(p);
+            }
+        }
+        if links == 0 {
+            if dirty {
+                self.write_inode_raw(ino, &mut raw)?;
+            }
+            return Ok(());
+        }
         let mut csum_bad = false;
         let parsed = match Inode::parse(&self.sb, ino, &raw) {
             Err(InodeError::Corrupt(m)) if m.contains("checksum mismatch") => {
