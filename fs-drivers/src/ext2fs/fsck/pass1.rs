@@ -450,13 +450,25 @@ impl Checker<'_> {
                 return self.bad_inode(ino, &raw, format!("is a {:?} with block pointers", ind.kind));
             }
         }
-        let fast_symlink = ind.kind == FileType::Symlink
-            && ind.blocks512.saturating_sub(ea_blocks * (self.bs / 512)) == 0
-            && !extents;
-        if fast_symlink {
-            let len = strnlen(&ind.block);
-            if ind.size >= 60 || len as u64 != ind.size {
-                return self.bad_inode(ino, &raw, format!("is a fast symlink of size {} holding {len} bytes", ind.size));
+        let _ = ea_blocks;
+        // e2fsck's rule: a symlink of 1..59 bytes keeps its target in i_block.
+        let fast_symlink = ind.kind == FileType::Symlink && ind.size > 0 && ind.size < 60;
+        if ind.kind == FileType::Symlink {
+            if ind.size == 0 || ind.size >= self.bs || fl & flags::INDEX != 0 {
+                return self.bad_inode(ino, &raw, format!("is a symlink of size {}", ind.size));
+            }
+            if fast_symlink {
+                let len = strnlen(&ind.block);
+                if extents || len as u64 != ind.size {
+                    return self.bad_inode(ino, &raw, format!("is a fast symlink of size {} holding {len} bytes", ind.size));
+                }
+            } else if extents {
+                let ok = le16(&ind.block, 2) == 1 && le16(&ind.block, 6) == 0 && le32(&ind.block, 12) == 0 && le16(&ind.block, 16) == 1;
+                if !ok {
+                    return self.bad_inode(ino, &raw, "is a symlink whose extent tree is not one block".into());
+                }
+            } else if (1..15).any(|w| ind.block_word(w) != 0) {
+                return self.bad_inode(ino, &raw, "is a symlink with more than one block pointer".into());
             }
         }
         let walk = matches!(ind.kind, FileType::Regular | FileType::Directory)
@@ -545,7 +557,7 @@ impl Checker<'_> {
                 self.done(p, ok);
             }
             if ind.kind == FileType::Symlink {
-                let ok = found.blocks == 1 && ind.size > 0 && ind.size < self.bs && found.last == Some(0) && {
+                let ok = found.blocks == 1 && found.last == Some(0) && {
                     let first = found.prev;
                     match self.dev.bread(first) {
                         Ok(b) => strnlen(&b[..self.bs as usize]) as u64 == ind.size,
