@@ -663,3 +663,166 @@ fn gpt_freebsd_ufs_and_netbsd_ffs_partitions() {
     let (m, _) = kernel_select(&disk, Some("2")).unwrap();
     assert_eq!(marker(&m), b"tree netbsd-ffs\n");
 }
+
+// ---------------------------------------------------------------------------------------
+// Damaged images: EIO on the damaged object (and a log line), the rest readable
+
+/// Geometry of a little-endian UFS1 image (superblock at 8192), read by the test itself.
+struct Geo {
+    fsize: u64,
+    frag: u64,
+    ipg: u64,
+    fpg: u64,
+    iblkno: u64,
+    cblkno: u64,
+    inopb: u64,
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+fn geo(img: &[u8]) -> Geo {
+    let sb = &img[8192..8192 + 1376];
+    assert_eq!(le32(sb, 1372), 0x011954);
+    Geo {
+        fsize: u64::from(le32(sb, 52)),
+        frag: u64::from(le32(sb, 56)),
+        ipg: u64::from(le32(sb, 184)),
+        fpg: u64::from(le32(sb, 188)),
+        iblkno: u64::from(le32(sb, 16)),
+        cblkno: u64::from(le32(sb, 12)),
+        inopb: u64::from(le32(sb, 120)),
+    }
+}
+
+impl Geo {
+    /// Byte offset of UFS1 inode `ino`.
+    fn inode(&self, ino: u64) -> usize {
+        let cg = ino / self.ipg;
+        let i = ino % self.ipg;
+        ((cg * self.fpg + self.iblkno + (i / self.inopb) * self.frag) * self.fsize + (i % self.inopb) * 128) as usize
+    }
+}
+
+fn put32(img: &mut [u8], at: usize, v: u32) {
+    img[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+#[test]
+fn damaged_images_give_eio_and_the_rest_stays_readable() {
+    let tree = ffs_tree();
+    let dir = t::tempdir();
+    let img_path = dir.path().join("bad.img");
+    makefs(&img_path, &tree.root, "version=1,bsize=8192,fsize=1024", "le");
+    let orig = std::fs::read(&img_path).unwrap();
+    let g = geo(&orig);
+    let m = mount_bytes(orig.clone()).unwrap();
+    let c = Cred::root();
+    let ino_of = |p: &str| m.namei(&c, p.as_bytes(), false).unwrap().ino.0;
+    let hello = ino_of("/files/hello.txt");
+    let big = ino_of("/files/b1k-double-indirect-big");
+    let deep = ino_of("/deep/d1");
+    let late = image_walk(&m).into_iter().filter(|(p, _)| p.starts_with("bigdir/")).map(|(_, n)| n.ino).max().unwrap();
+    let late_path = format!("/bigdir/{}", {
+        let w = image_walk(&m);
+        w.into_iter().find(|(_, n)| n.ino == late).unwrap().0.trim_start_matches("bigdir/").to_string()
+    });
+    let check_rest = |m: &Mount| {
+        let a = m.namei(&c, b"/files/hello.txt", true).unwrap();
+        assert_eq!(read_all(m, a.ino, 4096).unwrap(), b"hello, world\n");
+        let a = m.namei(&c, b"/marker", true).unwrap();
+        assert_eq!(read_all(m, a.ino, 4096).unwrap(), b"tree ffs\n");
+    };
+
+    // A block pointer beyond the end of the file system.
+    let mut img = orig.clone();
+    put32(&mut img, g.inode(big) + 40 + 4 * 3, 0x7fff_fff0);
+    let m = mount_bytes(img).unwrap();
+    assert_eq!(read_all(&m, Ino(big), 65536).err(), Some(Errno::EIO));
+    check_rest(&m);
+
+    // An indirect block that points at itself.
+    let mut img = orig.clone();
+    let ib0 = le32(&img, g.inode(big) + 88);
+    assert_ne!(ib0, 0);
+    put32(&mut img, (u64::from(ib0) * g.fsize) as usize, ib0);
+    let m = mount_bytes(img).unwrap();
+    assert_eq!(read_all(&m, Ino(big), 65536).err(), Some(Errno::EIO));
+    check_rest(&m);
+
+    // A directory record whose length runs past its 512-byte chunk.
+    let mut img = orig.clone();
+    let d0 = u64::from(le32(&img, g.inode(deep) + 40));
+    let chunk = (d0 * g.fsize) as usize;
+    img[chunk + 12 + 4..chunk + 12 + 6].copy_from_slice(&1000u16.to_le_bytes());
+    let m = mount_bytes(img).unwrap();
+    assert_eq!(list_dir(&m, Ino(deep)).err(), Some(Errno::EIO));
+    assert_eq!(m.lookup(&c, Ino(deep), b"d2").err(), Some(Errno::EIO));
+    check_rest(&m);
+
+    // A cylinder group with a bad magic number: its inodes fail, the others do not.
+    let mut img = orig.clone();
+    let cg = late / g.ipg;
+    put32(&mut img, ((cg * g.fpg + g.cblkno) * g.fsize) as usize + 4, 0xdead);
+    if cg == 0 {
+        // Everything lives in group 0, the root too: the mount fails cleanly.
+        assert!(mount_bytes(img).is_err());
+    } else {
+        let m = mount_bytes(img).unwrap();
+        assert_eq!(m.namei(&c, late_path.as_bytes(), false).err(), Some(Errno::EIO));
+        check_rest(&m);
+    }
+
+    // An inode whose size is beyond what its block map can hold.
+    let mut img = orig.clone();
+    img[g.inode(hello) + 8..g.inode(hello) + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+    let m = mount_bytes(img).unwrap();
+    assert_eq!(m.namei(&c, b"/files/hello.txt", false).err(), Some(Errno::EIO));
+
+    // A zeroed superblock, a truncated image, random bytes: mount errors, never a panic.
+    let mut img = orig.clone();
+    img[8192..8192 + 1376].fill(0);
+    assert!(mount_bytes(img).is_err());
+    let mut img = orig.clone();
+    put32(&mut img, 8192 + 48, 3000); // fs_bsize not a power of two
+    let e = mount_bytes(img).err().unwrap();
+    assert!(e.message.contains("block size"), "{e}");
+    let e = mount_bytes(orig[..orig.len() / 2].to_vec()).err().unwrap();
+    assert!(e.message.contains("truncated"), "{e}");
+    let mut rng = t::Rng::new(5);
+    for _ in 0..20 {
+        let mut img = orig.clone();
+        // Random damage in the first groups' metadata; whatever mounts must not panic.
+        for _ in 0..200 {
+            let at = 8192 + rng.below(400_000) as usize;
+            img[at] = rng.next_u64() as u8;
+        }
+        if let Ok(m) = mount_bytes(img) {
+            fn walk(m: &Mount, dir: Ino, depth: u32) {
+                if depth > 12 {
+                    return;
+                }
+                let Ok(entries) = list_dir(m, dir) else { return };
+                for (name, ino, kind) in entries {
+                    if name == b"." || name == b".." {
+                        continue;
+                    }
+                    if kind == FileType::Directory {
+                        walk(m, ino, depth + 1);
+                    } else if kind == FileType::Regular {
+                        // A damaged size may make a file terabytes long: read its start.
+                        if let Ok(vn) = m.open(&Cred::root(), ino, OpenFlags { read: true, ..Default::default() }) {
+                            let mut buf = vec![0u8; 1 << 20];
+                            let _ = m.read(&vn, 0, &mut buf);
+                            m.release(vn);
+                        }
+                    } else if kind == FileType::Symlink {
+                        let _ = m.readlink(ino);
+                    }
+                }
+            }
+            walk(&m, m.root(), 0);
+        }
+    }
+}

@@ -172,9 +172,27 @@ impl Component for FfsComponent {
             sb.ncg,
             sb.ipg
         );
-        let fs = FfsFs { sb, dev: cdev, name };
+        let cg_state = Mutex::new(vec![CgState::Unchecked; sb.ncg as usize]);
+        let fs = FfsFs { sb, dev: cdev, name, cg_state };
         Ok(Mounted { fs: Arc::new(fs), read_only: true, warnings })
     }
+}
+
+/// What is known of a cylinder group's header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CgState {
+    Unchecked,
+    Good,
+    Bad,
+}
+
+/// Offsets in `struct cg`.
+pub mod cg {
+    pub const MAGIC: usize = 4;
+    pub const CGX: usize = 12;
+    pub const NIBLK: usize = 116;
+    pub const CKHASH: usize = 132;
+    pub const CG_MAGIC: u32 = 0x090255;
 }
 
 /// A mounted FFS.
@@ -182,6 +200,7 @@ pub struct FfsFs {
     pub(crate) sb: Superblock,
     pub(crate) dev: CachedDev,
     pub(crate) name: String,
+    cg_state: Mutex<Vec<CgState>>,
 }
 
 type NameMap = HashMap<Box<[u8]>, u32>;
@@ -217,10 +236,57 @@ impl FfsFs {
         (block + (byte / fs) as u64, byte % fs)
     }
 
+    /// Reads `fs_cgsize` bytes of group `c`'s header.
+    pub(crate) fn read_cg(&self, c: u32) -> KResult<Vec<u8>> {
+        let fs = u64::from(self.sb.fsize);
+        let n = u64::from(self.sb.cgsize).div_ceil(fs);
+        let mut buf = vec![0u8; (n * fs) as usize];
+        self.dev.read_blocks(self.sb.cgtod(c), n, &mut buf, 0)?;
+        buf.truncate(self.sb.cgsize as usize);
+        Ok(buf)
+    }
+
+    /// Checks group `c`'s header once (magic, index, check hash); a bad group makes its
+    /// inodes `EIO`, the rest of the file system stays readable.
+    fn check_cg(&self, c: u32) -> KResult<()> {
+        let state = self.cg_state.lock().unwrap_or_else(|e| e.into_inner()).get(c as usize).copied();
+        match state {
+            Some(CgState::Good) => return Ok(()),
+            Some(CgState::Bad) | None => return Err(Errno::EIO),
+            Some(CgState::Unchecked) => {}
+        }
+        let raw = self.read_cg(c)?;
+        let o = self.sb.order;
+        let problem = if o.u32(&raw, cg::MAGIC) != cg::CG_MAGIC {
+            Some(format!("bad magic {:#x}", o.u32(&raw, cg::MAGIC)))
+        } else if o.u32(&raw, cg::CGX) != c {
+            Some(format!("claims to be group {}", o.u32(&raw, cg::CGX)))
+        } else if self.sb.metackhash & superblock::ck::CYLGRP != 0 {
+            let want = o.u32(&raw, cg::CKHASH);
+            let mut copy = raw.clone();
+            o.put_u32(&mut copy, cg::CKHASH, 0);
+            let got = ckhash(&copy);
+            (want != got).then(|| format!("check hash {want:#010x}, computed {got:#010x}"))
+        } else {
+            None
+        };
+        if let Some(p) = &problem {
+            log::error!("{}: cylinder group {c} (fragment {}): {p}; its inodes are unreadable", self.name, self.sb.cgtod(c));
+        }
+        let mut st = self.cg_state.lock().unwrap_or_else(|e| e.into_inner());
+        st[c as usize] = if problem.is_some() { CgState::Bad } else { CgState::Good };
+        if problem.is_some() {
+            Err(Errno::EIO)
+        } else {
+            Ok(())
+        }
+    }
+
     pub(crate) fn read_inode(&self, ino: u32) -> KResult<Inode> {
         if ino < ROOTINO || ino >= self.sb.ninodes() {
             return Err(Errno::ESTALE);
         }
+        self.check_cg(ino / self.sb.ipg)?;
         let (frag, at) = self.inode_location(ino);
         let buf = self.dev.bread(frag)?;
         let raw = buf.get(at..at + self.sb.isize()).ok_or(Errno::EIO)?;
