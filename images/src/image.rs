@@ -260,4 +260,16 @@ impl BlockDevice for ImageFile {
     fn describe(&self) -> String {
         self.path.display().to_string()
     }
+
+    fn will_need(&self, off: u64, len: u64) {
+        let len = len.min(self.size.saturating_sub(off));
+        if len == 0 {
+            return;
+        }
+        let (Ok(o), Ok(l)) = (libc::off_t::try_from(off), libc::off_t::try_from(len)) else { return };
+        // SAFETY: posix_fadvise only reads its arguments; the descriptor is ours and open.
+        unsafe {
+            libc::posix_fadvise(self.file.as_raw_fd(), o, l, libc::POSIX_FADV_WILLNEED);
+        }
+    }
 }

@@ -106,6 +106,13 @@ impl BlockDevice for Slice {
         self.parent.flush()
     }
 
+    fn will_need(&self, off: u64, len: u64) {
+        let len = len.min(self.len.saturating_sub(off));
+        if let Ok(at) = self.map(off, usize::try_from(len).unwrap_or(0)) {
+            self.parent.will_need(at, len);
+        }
+    }
+
     fn describe(&self) -> String {
         match &self.label {
             Some(label) => format!("{} {label}", self.parent.describe()),

@@ -283,51 +283,56 @@ impl CachedDev {
     }
 
     /// Copies `count` consecutive blocks starting at `blk` into `dst` (which must hold exactly
-    /// `count` blocks). Missing blocks are read in runs, one request per run, and each run is
-    /// extended by up to `ahead` further blocks that are cached for the next call.
+    /// `count` blocks): file data. Cached versions (dirty ones above all) are copied; each run
+    /// of missing blocks is read straight into `dst` with one device request and is not kept
+    /// (the front end's page cache holds file data; this cache keeps metadata). The `ahead`
+    /// blocks that follow are announced to the device ([`BlockDevice::will_need`]), so the
+    /// host reads them in the background while this request is answered.
     pub fn read_blocks(&self, blk: u64, count: u64, dst: &mut [u8], ahead: u64) -> KResult<()> {
         let bs = self.bsize as usize;
         if dst.len() as u64 != count * self.bsize as u64 {
             return Err(Errno::EINVAL);
         }
         self.check(blk, count)?;
-        let ahead = ahead.min(self.nblocks - blk - count);
         let max_run = (MAX_IO / bs).max(1) as u64;
         let mut i = 0u64;
+        let mut hits = 0u64;
         while i < count {
-            let hit = self.cache.lock().touch((self.id, blk + i));
-            if let Some(b) = hit {
-                self.cache.hits.fetch_add(1, Ordering::Relaxed);
-                let o = i as usize * bs;
-                dst[o..o + bs].copy_from_slice(&b);
-                i += 1;
-                continue;
-            }
-            // A run of missing blocks: up to the end of the request plus read-ahead.
-            let limit = (count + ahead - i).min(max_run);
-            let mut n = 1u64;
+            // Copy what is cached; find the run of missing blocks that follows.
+            let mut n = 0u64;
             {
-                let inner = self.cache.lock();
-                while n < limit && !inner.map.contains_key(&(self.id, blk + i + n)) {
-                    n += 1;
+                let mut inner = self.cache.lock();
+                while i < count && n == 0 {
+                    match inner.touch((self.id, blk + i)) {
+                        Some(b) => {
+                            let o = i as usize * bs;
+                            dst[o..o + bs].copy_from_slice(&b);
+                            i += 1;
+                            hits += 1;
+                        }
+                        None => {
+                            n = 1;
+                            while i + n < count && n < max_run && !inner.map.contains_key(&(self.id, blk + i + n)) {
+                                n += 1;
+                            }
+                        }
+                    }
                 }
             }
-            self.cache.misses.fetch_add(n.min(count - i), Ordering::Relaxed);
+            if n == 0 {
+                break;
+            }
+            self.cache.misses.fetch_add(n, Ordering::Relaxed);
             self.cache.reads.fetch_add(1, Ordering::Relaxed);
-            let mut tmp = vec![0u8; n as usize * bs];
-            self.dev.read_at(&mut tmp, (blk + i) * u64::from(self.bsize))?;
-            let mut inner = self.cache.lock();
-            for j in 0..n {
-                let chunk = &tmp[j as usize * bs..(j as usize + 1) * bs];
-                if i + j < count {
-                    let o = (i + j) as usize * bs;
-                    dst[o..o + bs].copy_from_slice(chunk);
-                }
-                let buf = Arc::new(Buf { data: chunk.to_vec().into_boxed_slice() });
-                inner.insert((self.id, blk + i + j), buf, self.cache.limit);
-            }
-            drop(inner);
-            i += n.min(count - i);
+            let o = i as usize * bs;
+            self.dev.read_at(&mut dst[o..o + n as usize * bs], (blk + i) * u64::from(self.bsize))?;
+            i += n;
+        }
+        self.cache.hits.fetch_add(hits, Ordering::Relaxed);
+        let ahead = ahead.min(self.nblocks - blk - count);
+        if ahead > 0 {
+            let bsz = u64::from(self.bsize);
+            self.dev.will_need((blk + count) * bsz, ahead * bsz);
         }
         Ok(())
     }
@@ -475,12 +480,15 @@ mod tests {
         let mut big = vec![0u8; 100 * 4096];
         d.read_blocks(500, 100, &mut big, 50).unwrap();
         assert!(big.chunks(4096).enumerate().all(|(i, c)| c[7] == (500 + i) as u8));
+        for b in 0..1000 {
+            d.bwrite(b, vec![1; 4096]).unwrap();
+        }
         let s = cache.stats();
         assert!(s.bytes <= 8 * 4096, "{s:?}");
     }
 
     #[test]
-    fn read_blocks_uses_one_request_per_run_and_reads_ahead() {
+    fn read_blocks_uses_one_request_per_run_and_announces_read_ahead() {
         let cache = BufCache::new(16 << 20);
         let mem = disk(256, 4096);
         let d = cache.attach(mem.clone(), 4096).unwrap();
@@ -488,17 +496,21 @@ mod tests {
         let mut dst = vec![0u8; 20 * 4096];
         d.read_blocks(0, 20, &mut dst, 30).unwrap();
         assert!(dst.chunks(4096).enumerate().all(|(i, c)| c.iter().all(|&b| b == i as u8)));
-        // bread(10), then [0,10) and [11,50): three device reads in all.
+        // bread(10), then [0,10) and [11,20): three device reads in all.
         assert_eq!(cache.stats().reads, 3);
-        // The read-ahead blocks are now hits.
-        let mut dst2 = vec![0u8; 20 * 4096];
-        d.read_blocks(20, 20, &mut dst2, 0).unwrap();
-        assert_eq!(cache.stats().reads, 3);
-        assert_eq!(dst2[0], 20);
+        // File data is not kept; the next 30 blocks were announced to the device.
+        assert_eq!(cache.stats().blocks, 1);
+        assert_eq!(mem.hints(), vec![(20 * 4096, 30 * 4096)]);
+        // A dirty block in the range wins over the device.
+        d.bwrite(5, vec![0xEE; 4096]).unwrap();
+        d.read_blocks(0, 20, &mut dst, 0).unwrap();
+        assert_eq!(dst[5 * 4096], 0xEE);
+        assert_eq!(dst[6 * 4096], 6);
         // Read-ahead stops at the end of the device.
         let mut last = vec![0u8; 4096];
         d.read_blocks(255, 1, &mut last, 100).unwrap();
         assert_eq!(last[0], 255);
+        assert_eq!(mem.hints().len(), 1);
     }
 
     #[test]

@@ -55,6 +55,12 @@ pub trait BlockDevice: Send + Sync {
 
     /// A short human name for log lines (`disk.img`, `disk.img partition 2`).
     fn describe(&self) -> String;
+
+    /// Hint: `len` bytes at `off` will be read soon. The host may start reading them in the
+    /// background (posix_fadvise WILLNEED); the kernel's sequential read-ahead uses this, so
+    /// the next blocks arrive while the current ones travel up through FUSE. Never fails,
+    /// never blocks for the I/O. Default: nothing.
+    fn will_need(&self, _off: u64, _len: u64) {}
 }
 
 /// A connected stream socket (TCP). Used by the net faction.

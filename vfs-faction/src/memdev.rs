@@ -30,6 +30,7 @@ pub struct MemDisk {
     reads: AtomicU64,
     writes: AtomicU64,
     flushes: AtomicU64,
+    hints: Mutex<Vec<(u64, u64)>>,
 }
 
 impl MemDisk {
@@ -48,7 +49,13 @@ impl MemDisk {
             reads: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            hints: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The read-ahead hints received so far, as (offset, length).
+    pub fn hints(&self) -> Vec<(u64, u64)> {
+        self.hints.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The same disk, read-only.
@@ -148,6 +155,10 @@ impl BlockDevice for MemDisk {
 
     fn describe(&self) -> String {
         "ramdisk".into()
+    }
+
+    fn will_need(&self, off: u64, len: u64) {
+        self.hints.lock().unwrap_or_else(|e| e.into_inner()).push((off, len));
     }
 }
 
