@@ -80,6 +80,16 @@ impl Checker<'_> {
             }
             total_free_blocks += free;
             let mut rewrite = false;
+            let last = g + 1 == sb.group_count;
+            if last && !block_uninit && (nb as usize..(sb.blocks_per_group as usize).min(bs * 8)).any(|i| !disk_bit(&disk, i)) {
+                let p = self.problem(Level::Preen, PH, obj.clone(), "padding at the end of the block bitmap is not set".into(), Some("set it"));
+                if self.want(&p) {
+                    rewrite = true;
+                    self.done(p, true);
+                } else {
+                    self.unfixed(p);
+                }
+            }
             if !plus.is_empty() || !minus.is_empty() {
                 let mut m = String::from("block bitmap differences:");
                 if !plus.is_empty() {
@@ -165,6 +175,15 @@ impl Checker<'_> {
             }
             total_free_inodes += u64::from(free);
             let mut rewrite = false;
+            if !inode_uninit && (ipg as usize..bs * 8).any(|i| !disk_bit(&disk, i)) {
+                let p = self.problem(Level::Preen, PH, obj.clone(), "padding at the end of the inode bitmap is not set".into(), Some("set it"));
+                if self.want(&p) {
+                    rewrite = true;
+                    self.done(p, true);
+                } else {
+                    self.unfixed(p);
+                }
+            }
             if !plus.is_empty() || !minus.is_empty() {
                 let mut m = String::from("inode bitmap differences:");
                 if !plus.is_empty() {
