@@ -826,3 +826,36 @@ fn damaged_images_give_eio_and_the_rest_stays_readable() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Through FUSE, with the real rumpfs-mount
+
+fn fuse_compare_opts() -> t::CompareOpts {
+    // makefs keeps whole seconds, no xattrs, and makes no lost+found.
+    t::CompareOpts { ns_times: false, xattrs: false, lost_found: false, ..Default::default() }
+}
+
+#[test]
+fn fuse_mount_of_a_ufs2_big_endian_image() {
+    let dir = t::tempdir();
+    let (src, img) = small_ffs(dir.path(), "fuse-ufs2", "version=2,bsize=32768,fsize=4096", "be");
+    let m = t::Mounted::with(&img, t::MountSpec::opts("ro"));
+    assert_eq!(m.entry().map(|e| e.fstype).as_deref(), Some("fuse.rumpfs-mount"));
+    m.deadline(std::time::Duration::from_secs(120), || t::assert_trees_equal(&src, &m.mnt, &fuse_compare_opts()));
+    m.unmount();
+}
+
+#[test]
+fn fuse_mount_of_a_disklabel_partition_by_letter() {
+    let dir = t::tempdir();
+    let disk = dir.path().join("disk.img");
+    let (a, e) = fdisk_bsd_disk(&disk);
+    // UFS1 in a, UFS2 in e (the tree has times past 2038, which UFS1 cannot hold).
+    let (_, img_a) = small_ffs(dir.path(), "fuse-a", "version=1,bsize=8192,fsize=1024", "le");
+    let (src_e, img_e) = small_ffs(dir.path(), "fuse-e", "version=2,bsize=16384,fsize=2048", "le");
+    dd_into(&img_a, &disk, a);
+    dd_into(&img_e, &disk, e);
+    let m = t::Mounted::with(&disk, t::MountSpec::opts("ro,partition=e"));
+    m.deadline(std::time::Duration::from_secs(120), || t::assert_trees_equal(&src_e, &m.mnt, &fuse_compare_opts()));
+    m.unmount();
+}
