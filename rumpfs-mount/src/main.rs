@@ -355,6 +355,10 @@ fn daemonize_and_serve(
     match unsafe { fork() } {
         Err(e) => fail(EXIT_MOUNT, format!("fork: {e}")),
         Ok(ForkResult::Parent { .. }) => {
+            // The child serves the mount; this copy of it must not be unmounted here (dropping
+            // it would write the superblock back as cleanly unmounted under the child).
+            std::mem::forget(bridge);
+            std::mem::forget(mnt);
             drop(wr);
             let mut msg = Vec::new();
             let _ = std::fs::File::from(rd).read_to_end(&mut msg);

@@ -664,10 +664,9 @@ impl Ext2Fs {
     /// The in-memory inode of `ino`, shared with every vnode that has it.
     fn get_node(&self, ino: u32) -> KResult<Arc<NodeInner>> {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        // (Not looking at the node's state here: its lock may be held by a thread that is
+        // waiting for this table. A freed node is refused by every operation.)
         if let Some(n) = live.get(&ino).and_then(Weak::upgrade) {
-            if n.read().freed {
-                return Err(Errno::ENOENT);
-            }
             return Ok(n);
         }
         let inode = self.read_inode(ino)?;
