@@ -15,6 +15,8 @@ use vfs_faction::{
 
 /// Exit bits, as fsck(8) and e2fsck(8) define them (summed over every file system checked):
 /// 1 errors corrected and 4 errors left come from `FsckSummary::exit_bits`.
+/// Buffer cache of the checking kernel, bytes.
+const FSCK_CACHE_BYTES: usize = 1 << 20;
 const EXIT_OPERATIONAL: i32 = 8;
 const EXIT_USAGE: i32 = 16;
 const EXIT_CANCELLED: i32 = 32;
@@ -252,7 +254,9 @@ fn run() -> i32 {
             .into_iter()
             .filter(|c| c.factions().iter().all(|f| matches!(f, Faction::Vfs | Faction::Dev)))
             .collect(),
-        cache_bytes: vfs_faction::kernel::DEFAULT_CACHE_BYTES,
+        // The checkers keep their own bitmaps; the cache only needs to hold the metadata a
+        // pass is working on, so memory stays close to e2fsck's.
+        cache_bytes: FSCK_CACHE_BYTES,
     }) {
         Ok(k) => k,
         Err(e) => {
