@@ -213,7 +213,7 @@ impl Inode {
     /// The device number of a device inode, in the Linux `dev_t` encoding (32 bits).
     ///
     /// The on-disk value is the creating system's `dev_t`: NetBSD's 32-bit encoding (which is
-    /// Linux's) or, from Debian's makefs, glibc's 64-bit one; both decode the same way.
+    /// Linux's) or, from Debian's makefs, the GNU C library's 64-bit one; both decode the same way.
     pub fn rdev_linux(&self) -> u32 {
         let d = self.db[0];
         let major = ((d >> 8) & 0xfff) | ((d >> 32) & !0xfff);
@@ -323,11 +323,11 @@ mod tests {
 
     #[test]
     fn device_numbers_round_trip_through_the_linux_encoding() {
-        // glibc makedev(300, 70000) as Debian's makefs stores it.
+        // GNU C library makedev(300, 70000) as Debian's makefs stores it.
         let (maj, min) = (300u64, 70_000u64);
-        let glibc = (min & 0xff) | ((maj & 0xfff) << 8) | ((min & !0xff) << 12) | ((maj & !0xfff) << 32);
+        let gnu = (min & 0xff) | ((maj & 0xfff) << 8) | ((min & !0xff) << 12) | ((maj & !0xfff) << 32);
         let mut db = [0u64; NDADDR];
-        db[0] = glibc;
+        db[0] = gnu;
         let i = Inode {
             mode: 0o20600,
             kind: FileType::CharDevice,
