@@ -6,6 +6,8 @@
 //! - [`inode`]: UFS1 and UFS2 dinodes.
 //! - [`bmap`]: direct and indirect block maps, in runs.
 //! - [`dir`]: directory chunks.
+//! - [`update`]: write primitives (superblock, summary area, cylinder groups, inodes, each
+//!   with its check hash), shared with the checker.
 //!
 //! Nothing read from the disk is trusted: a bad value is `EIO` for the object it belongs to,
 //! with a log line naming the inode; a bad superblock refuses the mount with a message.
@@ -15,6 +17,8 @@ pub mod dir;
 pub mod endian;
 pub mod inode;
 pub mod superblock;
+#[allow(dead_code)] // used by the write path and the checker as they land
+pub(crate) mod update;
 
 use inode::{Inode, InodeError};
 use std::collections::HashMap;
