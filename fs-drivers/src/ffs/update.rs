@@ -560,7 +560,7 @@ mod tests {
         assert_eq!(frag_runs(0b0000_0000, 8), vec![]);
         assert_eq!(frag_runs(0b1111_1111, 8), vec![]);
         assert_eq!(frag_runs(0b0111_1111, 8), vec![(7, 1)]);
-        assert_eq!(frag_runs(0b1011_0101, 8), vec![(1, 2), (2, 1)]);
+        assert_eq!(frag_runs(0b1011_0101, 8), vec![(1, 3), (2, 1)]);
         let mut s = [0i32; 8];
         frag_acct(&mut s, 0b1100_0011, 8, 1);
         assert_eq!(s, [0, 0, 2, 0, 0, 0, 0, 0]);
