@@ -8,6 +8,22 @@
 //! - [`dir`]: directory chunks.
 //! - [`update`]: write primitives (superblock, summary area, cylinder groups, inodes, each
 //!   with its check hash), shared with the checker.
+//! - [`alloc`]: blocks, fragments and inodes from the cylinder-group maps; [`write`]: block
+//!   maps, fragments and every write operation.
+//!
+//! Read-write: the file system is marked not clean (`fs_clean` 0) while mounted and clean
+//! again at unmount, with the summary area and the totals written back. Soft updates are not
+//! done: an image with `FS_DOSOFTDEP` (or FreeBSD's `FS_SUJ`, NetBSD's `FS_DOWAPBL`) that is
+//! clean mounts read-write with those flags cleared while mounted, so that after a crash the
+//! BSD fsck runs a full check (never a journal replay or a soft-updates background check
+//! that trusts orderings we did not keep); a clean unmount puts them back. Unclean
+//! journaled images, unknown flags or check-hash kinds, old (pre-FFSv2 or 4.2BSD-format)
+//! UFS1 superblocks and images not cleanly unmounted are mounted read-only with a warning
+//! (an explicit `-o rw` is refused).
+//!
+//! Locks, outermost first: the namespace lock (shared by directory operations, exclusive for
+//! rename), per-inode locks (parents before children; rename orders by inode number), the
+//! allocation lock, the inode-block lock.
 //!
 //! Nothing read from the disk is trusted: a bad value is `EIO` for the object it belongs to,
 //! with a log line naming the inode; a bad superblock refuses the mount with a message.
@@ -17,16 +33,21 @@ pub mod dir;
 pub mod endian;
 pub mod inode;
 pub mod superblock;
-#[allow(dead_code)] // used by the write path and the checker as they land
+pub(crate) mod alloc;
+#[allow(dead_code)] // some are for the checker
 pub(crate) mod update;
+pub(crate) mod write;
+mod fsck;
 
 use inode::{Inode, InodeError};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use superblock::{flags, SbError, Superblock, ROOTINO, SBLOCKSIZE, SBLOCK_SEARCH};
 use vfs_faction::{
-    Attr, BlockDevice, CachedDev, Component, DirEntry, Errno, Faction, FileSystem, FileType, Ino, KResult,
-    MountContext, MountError, MountOptions, MountSource, Mounted, NodeData, StatFs, Vnode,
+    Attr, BlockDevice, CachedDev, Component, DirEntry, Errno, Faction, FileSystem, FileType, Hypercalls, Ino,
+    KResult, MountContext, MountError, MountOptions, MountSource, Mounted, NewNode, NodeData, RenameMode, SetAttr,
+    StatFs, Vnode,
 };
 
 /// Directories of more chunks than this get a name → inode map for lookups.
@@ -34,7 +55,7 @@ const NAME_MAP_MIN_CHUNKS: u64 = 8;
 /// Largest directory (entries) whose name map is kept; bigger ones are scanned.
 const NAME_MAP_MAX_ENTRIES: usize = 1 << 18;
 /// Longest symlink target read (PATH_MAX without the NUL).
-const SYMLINK_MAX: u64 = 4095;
+pub(crate) const SYMLINK_MAX: u64 = 4095;
 
 /// FFS check hashes: the raw CRC-32C register (FreeBSD `calculate_crc32c(~0, ..)`, no final
 /// inversion).
@@ -128,6 +149,17 @@ impl Component for FfsComponent {
             .then_some("ffs")
     }
 
+    fn fsck(
+        &self,
+        ctx: &MountContext,
+        _fstype: &str,
+        dev: Arc<dyn BlockDevice>,
+        opts: &vfs_faction::FsckOptions,
+        sink: &mut dyn vfs_faction::FsckSink,
+    ) -> Result<vfs_faction::FsckSummary, MountError> {
+        fsck::check(ctx, dev, opts, sink)
+    }
+
     fn mount(
         &self,
         ctx: &MountContext,
@@ -154,19 +186,38 @@ impl Component for FfsComponent {
         if sb.flags & flags::FS_NEEDSFSCK != 0 {
             warnings.push("the file system is marked as needing fsck_ffs".to_string());
         }
-        if opts.explicit_rw {
-            return Err(MountError::new(
-                Errno::EROFS,
-                "read-write is not supported yet for ffs (mount with -o ro)",
-            ));
-        }
         let cache = ctx
             .cache
             .as_ref()
             .ok_or_else(|| MountError::new(Errno::ENODEV, "ffs needs the dev faction's buffer cache"))?;
         let cdev = cache.attach(dev.clone(), sb.fsize)?;
+        let mut read_only = opts.read_only || dev.read_only();
+        if !read_only {
+            let why = unwritable(&sb);
+            if !why.is_empty() {
+                let why = why.join("; ");
+                if opts.explicit_rw {
+                    return Err(MountError::new(Errno::EROFS, format!("{name}: cannot mount read-write: {why}")));
+                }
+                warnings.push(format!("mounted read-only: {why}"));
+                read_only = true;
+            }
+        }
+        let mut cs = Vec::new();
+        if !read_only {
+            cs = update::read_csum_area(&sb, &cdev)
+                .map_err(|e| MountError::new(e, format!("{name}: cannot read the cylinder group summary area: {e}")))?;
+            if cs.iter().any(|c| c.ndir < 0 || c.nbfree < 0 || c.nifree < 0 || c.nffree < 0) {
+                let m = "the cylinder group summary area holds negative counts (run fsck_ffs)";
+                if opts.explicit_rw {
+                    return Err(MountError::new(Errno::EROFS, format!("{name}: cannot mount read-write: {m}")));
+                }
+                warnings.push(format!("mounted read-only: {m}"));
+                read_only = true;
+            }
+        }
         log::info!(
-            "{name}: UFS{} {} superblock at {}: {} fragments of {} bytes ({}-byte blocks), {} groups of {} inodes; mounted read-only",
+            "{name}: UFS{} {} superblock at {}: {} fragments of {} bytes ({}-byte blocks), {} groups of {} inodes; mounted {}",
             if sb.ufs2 { 2 } else { 1 },
             sb.order.name(),
             sb.location,
@@ -174,12 +225,81 @@ impl Component for FfsComponent {
             sb.fsize,
             sb.bsize,
             sb.ncg,
-            sb.ipg
+            sb.ipg,
+            if read_only { "read-only" } else { "read-write" }
         );
         let cg_state = Mutex::new(vec![CgState::Unchecked; sb.ncg as usize]);
-        let fs = FfsFs { sb, dev: cdev, name, cg_state };
-        Ok(Mounted { fs: Arc::new(fs), read_only: true, warnings })
+        let orig_flags = update::sb_flags(&sb, &sb.raw);
+        let fs = FfsFs {
+            raw_sb: Mutex::new(sb.raw.clone()),
+            orig_clean: sb.raw[superblock::off::CLEAN],
+            orig_flags,
+            alloc: Mutex::new(alloc::Alloc::new(if read_only { vec![update::Csum::default(); sb.ncg as usize] } else { cs })),
+            sb,
+            dev: cdev,
+            name: name.clone(),
+            cg_state,
+            hyper: ctx.hyper.clone(),
+            read_only,
+            itable: Mutex::new(()),
+            ns: RwLock::new(()),
+            live: Mutex::new(HashMap::new()),
+            gen: AtomicU32::new(0),
+        };
+        if !read_only {
+            fs.mark_mounted().map_err(|e| MountError::new(e, format!("{name}: cannot write the superblock: {e}")))?;
+        }
+        Ok(Mounted { fs: Arc::new(fs), read_only, warnings })
     }
+}
+
+/// `fs_flags` bits this driver knows (FreeBSD and NetBSD meanings).
+const KNOWN_FLAGS: u32 = 0x7ff;
+/// `fs_metackhash` kinds this driver keeps.
+const KNOWN_CKHASH: u32 = superblock::ck::SUPERBLOCK | superblock::ck::CYLGRP | superblock::ck::INODE;
+
+/// Why the write path cannot write this file system (empty: it can).
+fn unwritable(sb: &Superblock) -> Vec<String> {
+    let mut why = Vec::new();
+    let f = sb.flags;
+    if sb.old_fields {
+        why.push("a UFS1 superblock from before FFSv2 (no FS_FLAGS_UPDATED) cannot be written".into());
+    }
+    if !sb.fmt44 {
+        why.push("4.2BSD-format inodes and directories cannot be written".into());
+    }
+    if sb.clean == 0 || f & flags::FS_UNCLEAN != 0 {
+        let journal = if f & flags::FS_SUJ != 0 {
+            "; its soft-updates journal (FS_SUJ) may not be empty"
+        } else if f & flags::FS_DOWAPBL != 0 {
+            "; its WAPBL log (FS_DOWAPBL) may not be empty"
+        } else {
+            ""
+        };
+        why.push(format!("the file system is not clean (run fsck_ffs){journal}"));
+    }
+    if f & flags::FS_NEEDSFSCK != 0 {
+        why.push("the file system is marked as needing fsck_ffs".into());
+    }
+    if f & !KNOWN_FLAGS != 0 {
+        why.push(format!("unknown flags {:#x}", f & !KNOWN_FLAGS));
+    }
+    if f & flags::FS_METACKHASH != 0 {
+        if !sb.ufs2 {
+            why.push("flag 0x200 on UFS1 (NetBSD quota2) cannot be kept up to date".into());
+        } else {
+            let m = sb.order.u32(&sb.raw, superblock::off::METACKHASH);
+            if m & !KNOWN_CKHASH != 0 {
+                why.push(format!("unknown check-hash kinds {:#x} in fs_metackhash", m & !KNOWN_CKHASH));
+            } else if m == 0 {
+                why.push("flag 0x200 without check hashes (NetBSD quota2) cannot be kept up to date".into());
+            }
+        }
+    }
+    if sb.maxbpg == 0 || sb.contigsumsize > 0 && sb.maxcontig == 0 {
+        why.push("impossible allocation parameters (fs_maxbpg, fs_maxcontig)".into());
+    }
+    why
 }
 
 /// What is known of a cylinder group's header.
@@ -205,22 +325,68 @@ pub struct FfsFs {
     pub(crate) dev: CachedDev,
     pub(crate) name: String,
     cg_state: Mutex<Vec<CgState>>,
+    hyper: Arc<dyn Hypercalls>,
+    pub(crate) read_only: bool,
+    /// The superblock as read, patched and written back.
+    raw_sb: Mutex<Vec<u8>>,
+    /// `fs_clean` and `fs_flags` at mount, restored at unmount.
+    orig_clean: u8,
+    orig_flags: u32,
+    /// Cylinder groups, the summary area and the totals (the allocation lock).
+    pub(crate) alloc: Mutex<alloc::Alloc>,
+    /// Serialises read-modify-writes of inode fragments.
+    itable: Mutex<()>,
+    /// Directory operations share it; rename takes it alone.
+    pub(crate) ns: RwLock<()>,
+    /// In-memory inodes in use, so every vnode of one inode shares one state.
+    pub(crate) live: Mutex<HashMap<u32, Weak<NodeInner>>>,
+    gen: AtomicU32,
 }
 
-type NameMap = HashMap<Box<[u8]>, u32>;
+/// Name → (inode, byte offset of its chunk) of a large directory.
+pub(crate) type NameMap = HashMap<Box<[u8]>, (u32, u64)>;
 
-/// The in-memory inode kept in a vnode.
-pub(crate) struct Node {
-    ino: u32,
-    inode: RwLock<Inode>,
+/// The name map of a large directory.
+pub(crate) enum Names {
+    Unbuilt,
+    Built(NameMap),
+    TooBig,
+}
+
+/// An in-memory inode, shared by every vnode of the inode.
+pub(crate) struct NodeInner {
+    pub ino: u32,
+    pub st: RwLock<State>,
     /// Name → inode map of a large directory, built on the first lookup.
-    names: Mutex<Option<Arc<NameMap>>>,
+    pub names: Mutex<Names>,
 }
 
-impl Node {
-    fn inode(&self) -> RwLockReadGuard<'_, Inode> {
-        self.inode.read().unwrap_or_else(|e| e.into_inner())
+/// The mutable part of an in-memory inode.
+pub(crate) struct State {
+    pub inode: Inode,
+    /// Byte offset of the first directory chunk that may have room for a new entry.
+    pub hint: u64,
+    /// The inode was freed; the vnode is stale.
+    pub freed: bool,
+}
+
+impl NodeInner {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.st.read().unwrap_or_else(|e| e.into_inner())
     }
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.st.write().unwrap_or_else(|e| e.into_inner())
+    }
+    pub(crate) fn names(&self) -> MutexGuard<'_, Names> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The vnode data.
+struct Node(Arc<NodeInner>);
+
+fn node(vn: &Vnode) -> KResult<&Arc<NodeInner>> {
+    Ok(&vn.data::<Node>()?.0)
 }
 
 impl FfsFs {
@@ -231,13 +397,7 @@ impl FfsFs {
 
     /// Fragment address and byte offset of inode `ino` within that fragment.
     fn inode_location(&self, ino: u32) -> (u64, usize) {
-        let sb = &self.sb;
-        let cg = ino / sb.ipg;
-        let idx = ino % sb.ipg;
-        let block = sb.cgimin(cg) + u64::from(idx / sb.inopb) * u64::from(sb.frag);
-        let byte = (idx % sb.inopb) as usize * sb.isize();
-        let fs = sb.fsize as usize;
-        (block + (byte / fs) as u64, byte % fs)
+        update::inode_location(&self.sb, ino)
     }
 
     /// Reads `fs_cgsize` bytes of group `c`'s header.
@@ -365,27 +525,42 @@ impl FfsFs {
         Ok(())
     }
 
-    fn name_map(&self, node: &Node, inode: &Inode) -> KResult<Option<Arc<NameMap>>> {
-        let mut slot = node.names.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = &*slot {
-            return Ok(Some(m.clone()));
+    /// Looks `name` up in directory `n` (whose state the caller holds): (inode, byte offset of
+    /// the chunk holding the entry).
+    pub(crate) fn dir_lookup(&self, n: &NodeInner, inode: &Inode, name: &[u8]) -> KResult<Option<(u32, u64)>> {
+        if inode.kind != FileType::Directory {
+            return Err(Errno::ENOTDIR);
         }
-        let mut map = NameMap::new();
-        let mut too_big = false;
-        self.scan_dir(node.ino, inode, 0, &mut |_, r| {
-            if map.len() >= NAME_MAP_MAX_ENTRIES {
-                too_big = true;
-                return false;
+        let chunk = dir::DIRBLKSIZ as u64;
+        if inode.size / chunk > NAME_MAP_MIN_CHUNKS {
+            let mut slot = n.names();
+            if matches!(*slot, Names::Unbuilt) {
+                let mut map = NameMap::new();
+                let mut too_big = false;
+                self.scan_dir(n.ino, inode, 0, &mut |off, r| {
+                    if map.len() >= NAME_MAP_MAX_ENTRIES {
+                        too_big = true;
+                        return false;
+                    }
+                    map.entry(r.name.into()).or_insert((r.ino, off - off % chunk));
+                    true
+                })?;
+                *slot = if too_big { Names::TooBig } else { Names::Built(map) };
             }
-            map.entry(r.name.into()).or_insert(r.ino);
-            true
-        })?;
-        if too_big {
-            return Ok(None);
+            if let Names::Built(map) = &*slot {
+                return Ok(map.get(name).copied());
+            }
         }
-        let map = Arc::new(map);
-        *slot = Some(map.clone());
-        Ok(Some(map))
+        let mut found = None;
+        self.scan_dir(n.ino, inode, 0, &mut |off, r| {
+            if r.name == name {
+                found = Some((r.ino, off - off % chunk));
+                false
+            } else {
+                true
+            }
+        })?;
+        Ok(found)
     }
 
     fn read_file(&self, ino: u32, inode: &Inode, off: u64, buf: &mut [u8], readahead: u64) -> KResult<usize> {
@@ -446,60 +621,26 @@ impl FileSystem for FfsFs {
 
     fn vget(&self, ino: Ino) -> KResult<NodeData> {
         let n = u32::try_from(ino.0).map_err(|_| Errno::ESTALE)?;
-        let inode = self.read_inode(n)?;
-        Ok(Box::new(Node { ino: n, inode: RwLock::new(inode), names: Mutex::new(None) }))
+        Ok(Box::new(Node(self.get_node(n)?)))
     }
 
     fn getattr(&self, vn: &Vnode) -> KResult<Attr> {
-        let n = vn.data::<Node>()?;
-        let i = n.inode();
-        let rdev = if matches!(i.kind, FileType::CharDevice | FileType::BlockDevice) { i.rdev_linux() } else { 0 };
-        Ok(Attr {
-            ino: vn.ino,
-            kind: i.kind,
-            perm: u32::from(i.mode) & 0o7777,
-            nlink: u32::from(i.nlink),
-            uid: i.uid,
-            gid: i.gid,
-            size: i.size,
-            blocks: i.blocks,
-            atime: i.atime,
-            mtime: i.mtime,
-            ctime: i.ctime,
-            crtime: i.birthtime,
-            rdev,
-            blksize: self.sb.bsize,
-            flags: i.flags,
-        })
+        let n = node(vn)?;
+        let st = n.read();
+        Ok(self.attr(vn.ino, &st.inode))
     }
 
     fn lookup(&self, dir: &Vnode, name: &[u8]) -> KResult<Ino> {
-        let node = dir.data::<Node>()?;
-        let inode = node.inode();
-        if inode.kind != FileType::Directory {
-            return Err(Errno::ENOTDIR);
-        }
-        if inode.size / dir::DIRBLKSIZ as u64 > NAME_MAP_MIN_CHUNKS {
-            if let Some(map) = self.name_map(node, &inode)? {
-                return map.get(name).map(|&i| Ino(u64::from(i))).ok_or(Errno::ENOENT);
-            }
-        }
-        let mut found = None;
-        self.scan_dir(node.ino, &inode, 0, &mut |_, r| {
-            if r.name == name {
-                found = Some(r.ino);
-                false
-            } else {
-                true
-            }
-        })?;
-        found.map(|i| Ino(u64::from(i))).ok_or(Errno::ENOENT)
+        let n = node(dir)?;
+        let st = n.read();
+        self.dir_lookup(n, &st.inode, name)?.map(|(i, _)| Ino(u64::from(i))).ok_or(Errno::ENOENT)
     }
 
     fn readdir(&self, dir: &Vnode, cookie: u64, sink: &mut dyn FnMut(&DirEntry<'_>) -> bool) -> KResult<()> {
-        let node = dir.data::<Node>()?;
-        let inode = node.inode();
-        self.scan_dir(node.ino, &inode, cookie, &mut |off, r| {
+        let node = node(dir)?;
+        let st = node.read();
+        let inode = &st.inode;
+        self.scan_dir(node.ino, inode, cookie, &mut |off, r| {
             let kind = match dir::dtype_kind(r.dtype) {
                 Some(k) => k,
                 None => match self.read_inode(r.ino) {
@@ -522,18 +663,157 @@ impl FileSystem for FfsFs {
     }
 
     fn read(&self, vn: &Vnode, off: u64, buf: &mut [u8], readahead: u64) -> KResult<usize> {
-        let node = vn.data::<Node>()?;
-        let inode = node.inode();
+        let node = node(vn)?;
+        let st = node.read();
+        let inode = &st.inode;
         match inode.kind {
-            FileType::Regular => self.read_file(node.ino, &inode, off, buf, readahead),
+            FileType::Regular => self.read_file(node.ino, inode, off, buf, readahead),
             FileType::Directory => Err(Errno::EISDIR),
             _ => Err(Errno::EINVAL),
         }
     }
 
     fn readlink(&self, vn: &Vnode) -> KResult<Vec<u8>> {
-        let node = vn.data::<Node>()?;
-        let i = node.inode();
+        let node = node(vn)?;
+        let st = node.read();
+        self.read_symlink(node.ino, &st.inode)
+    }
+
+    fn statfs(&self) -> KResult<StatFs> {
+        let sb = &self.sb;
+        let t = if self.read_only { sb.cstotal } else { self.lock_alloc().total };
+        let bfree = (t.nbfree.max(0).saturating_mul(i64::from(sb.frag)).saturating_add(t.nffree.max(0)) as u64).min(sb.dsize);
+        Ok(StatFs {
+            bsize: sb.fsize,
+            blocks: sb.dsize,
+            bfree,
+            bavail: bfree.saturating_sub(sb.reserved_frags()),
+            files: u64::from(sb.ninodes() - ROOTINO),
+            ffree: (t.nifree.max(0) as u64).min(u64::from(sb.ninodes())),
+            namemax: dir::MAXNAMLEN as u32,
+        })
+    }
+
+    fn create(&self, dir: &Vnode, name: &[u8], nn: &NewNode) -> KResult<Ino> {
+        self.ro()?;
+        self.do_create(node(dir)?, name, nn, None).map(|i| Ino(u64::from(i)))
+    }
+
+    fn symlink(&self, dir: &Vnode, name: &[u8], target: &[u8], nn: &NewNode) -> KResult<Ino> {
+        self.ro()?;
+        self.do_create(node(dir)?, name, nn, Some(target)).map(|i| Ino(u64::from(i)))
+    }
+
+    fn link(&self, vn: &Vnode, dir: &Vnode, name: &[u8]) -> KResult<()> {
+        self.ro()?;
+        self.do_link(node(vn)?, node(dir)?, name)
+    }
+
+    fn unlink(&self, dir: &Vnode, name: &[u8], vn: &Vnode) -> KResult<()> {
+        self.ro()?;
+        self.do_remove(node(dir)?, name, node(vn)?, false)
+    }
+
+    fn rmdir(&self, dir: &Vnode, name: &[u8], vn: &Vnode) -> KResult<()> {
+        self.ro()?;
+        self.do_remove(node(dir)?, name, node(vn)?, true)
+    }
+
+    fn rename(
+        &self,
+        sdir: &Vnode,
+        sname: &[u8],
+        svn: &Vnode,
+        ddir: &Vnode,
+        dname: &[u8],
+        dvn: Option<&Vnode>,
+        mode: RenameMode,
+    ) -> KResult<()> {
+        self.ro()?;
+        let dv = match dvn {
+            Some(v) => Some(node(v)?),
+            None => None,
+        };
+        self.do_rename(node(sdir)?, sname, node(svn)?, node(ddir)?, dname, dv, mode)
+    }
+
+    fn write(&self, vn: &Vnode, off: u64, data: &[u8]) -> KResult<usize> {
+        self.ro()?;
+        self.do_write(node(vn)?, off, data)
+    }
+
+    fn setattr(&self, vn: &Vnode, set: &SetAttr) -> KResult<Attr> {
+        self.ro()?;
+        let n = node(vn)?;
+        self.do_setattr(n, set)?;
+        let st = n.read();
+        Ok(self.attr(vn.ino, &st.inode))
+    }
+
+    fn fsync(&self, _vn: &Vnode, _datasync: bool) -> KResult<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.flush_alloc()?;
+        self.dev.sync()
+    }
+
+    fn inactive(&self, vn: &Vnode) -> KResult<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let n = node(vn)?;
+        // Another vnode of the same inode still lives: it frees the inode when it goes.
+        if Arc::strong_count(n) > 1 {
+            return Ok(());
+        }
+        self.do_inactive(n)
+    }
+
+    fn sync(&self) -> KResult<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.flush_alloc()?;
+        self.dev.write_back()?;
+        self.write_sb(None)?;
+        self.dev.device().flush()
+    }
+
+    fn unmount(&self) -> KResult<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.flush_alloc()?;
+        self.dev.sync()?;
+        self.write_sb(Some((self.orig_clean, self.orig_flags)))?;
+        self.dev.device().flush()
+    }
+}
+
+impl FfsFs {
+    fn attr(&self, ino: Ino, i: &Inode) -> Attr {
+        let rdev = if matches!(i.kind, FileType::CharDevice | FileType::BlockDevice) { i.rdev_linux() } else { 0 };
+        Attr {
+            ino,
+            kind: i.kind,
+            perm: u32::from(i.mode) & 0o7777,
+            nlink: u32::from(i.nlink),
+            uid: i.uid,
+            gid: i.gid,
+            size: i.size,
+            blocks: i.blocks,
+            atime: i.atime,
+            mtime: i.mtime,
+            ctime: i.ctime,
+            crtime: i.birthtime,
+            rdev,
+            blksize: self.sb.bsize,
+            flags: i.flags,
+        }
+    }
+
+    pub(crate) fn read_symlink(&self, ino: u32, i: &Inode) -> KResult<Vec<u8>> {
         if i.kind != FileType::Symlink {
             return Err(Errno::EINVAL);
         }
@@ -541,34 +821,21 @@ impl FileSystem for FfsFs {
             let at = inode::shortlink_offset(self.sb.ufs2);
             let room = if self.sb.ufs2 { 120 } else { 60 };
             if i.size > room {
-                self.corrupt(node.ino, format!("short symlink of {} bytes", i.size));
+                self.corrupt(ino, format!("short symlink of {} bytes", i.size));
                 return Err(Errno::EIO);
             }
             return Ok(i.raw[at..at + i.size as usize].to_vec());
         }
         if i.size == 0 || i.size > SYMLINK_MAX {
-            self.corrupt(node.ino, format!("symlink of {} bytes", i.size));
+            self.corrupt(ino, format!("symlink of {} bytes", i.size));
             return Err(Errno::EIO);
         }
         let mut out = vec![0u8; i.size as usize];
-        let n = self.read_file(node.ino, &i, 0, &mut out, 0)?;
+        let n = self.read_file(ino, i, 0, &mut out, 0)?;
         out.truncate(n);
         Ok(out)
     }
 
-    fn statfs(&self) -> KResult<StatFs> {
-        let sb = &self.sb;
-        let bfree = sb.free_frags();
-        Ok(StatFs {
-            bsize: sb.fsize,
-            blocks: sb.dsize,
-            bfree,
-            bavail: bfree.saturating_sub(sb.reserved_frags()),
-            files: u64::from(sb.ninodes() - ROOTINO),
-            ffree: (sb.cstotal.nifree.max(0) as u64).min(u64::from(sb.ninodes())),
-            namemax: dir::MAXNAMLEN as u32,
-        })
-    }
 }
 
 #[allow(dead_code)]
@@ -576,4 +843,5 @@ fn _assert_send_sync() {
     fn is<T: Send + Sync>() {}
     is::<FfsFs>();
     is::<Node>();
+    is::<NodeInner>();
 }

@@ -1,0 +1,693 @@
+//! The ffs write path, judged from outside: after every workload an independent checker in
+//! this file (it parses the image itself: superblock, cylinder groups, inodes, indirect
+//! blocks, directories) recomputes what is in use and requires the fragment, inode and
+//! cluster maps, `cg_frsum`, every `cg_cs`, the summary area and `fs_cstotal`, link counts
+//! and `di_blocks` to match exactly; a remount shows every byte as written (compared with
+//! the same operations on tmpfs, or with the source tree); Sleuth Kit reads the UFS1 images
+//! we wrote and agrees with us.
+//!
+//! Images come from Debian's makefs: UFS1 and UFS2, both byte orders, a few block sizes.
+
+use rumpfs_tests::*;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use vfs_faction::hypercall::NoPlatform;
+use vfs_faction::memdev::MemDisk;
+use vfs_faction::{BootConfig, Cred, Errno, Faction, FileType, Ino, Kernel, MountOptions, MountSource, OpenFlags, RenameMode};
+
+/// A makefs layout: UFS version, byte order, block and fragment size.
+#[derive(Clone, Copy, Debug)]
+struct Kind {
+    name: &'static str,
+    version: u32,
+    order: &'static str,
+    bsize: u32,
+    fsize: u32,
+}
+
+const UFS1_LE_8K: Kind = Kind { name: "ufs1-le-8k", version: 1, order: "le", bsize: 8192, fsize: 1024 };
+const UFS1_BE_4K: Kind = Kind { name: "ufs1-be-4k", version: 1, order: "be", bsize: 4096, fsize: 512 };
+const UFS2_LE_32K: Kind = Kind { name: "ufs2-le-32k", version: 2, order: "le", bsize: 32768, fsize: 4096 };
+const UFS2_BE_16K: Kind = Kind { name: "ufs2-be-16k", version: 2, order: "be", bsize: 16384, fsize: 2048 };
+
+fn makefs(img: &Path, src: &Path, k: Kind, size: &str, extra: &str) {
+    let opts = format!("version={},bsize={},fsize={}{extra}", k.version, k.bsize, k.fsize);
+    let out = run(tool("makefs").args(["-t", "ffs", "-B", k.order, "-o", &opts, "-s", size, "-f", "4000"]).arg(img).arg(src));
+    assert!(out.ok(), "makefs -o {opts}: {}\n{}", out.stdout, out.stderr);
+}
+
+/// An image of an empty file system.
+fn empty_image(dir: &Path, k: Kind, size: &str, extra: &str) -> PathBuf {
+    let src = dir.join(format!("empty-{}", k.name));
+    fs::create_dir_all(&src).unwrap();
+    let img = dir.join(format!("{}.img", k.name));
+    makefs(&img, &src, k, size, extra);
+    img
+}
+
+// ---------------------------------------------------------------------------------------------
+// The independent checker
+
+struct Sb {
+    big: bool,
+    ufs2: bool,
+    raw: Vec<u8>,
+    fsize: u64,
+    frag: u64,
+    ncg: u64,
+    ipg: u64,
+    fpg: u64,
+    sblkno: u64,
+    iblkno: u64,
+    dblkno: u64,
+    cblkno: u64,
+    cgoffset: u64,
+    cgmask: u64,
+    size: u64,
+    csaddr: u64,
+    cssize: u64,
+    cgsize: u64,
+    inopb: u64,
+    nindir: u64,
+    contigsumsize: u64,
+    maxsymlinklen: u64,
+}
+
+impl Sb {
+    fn u16(&self, b: &[u8], at: usize) -> u64 {
+        let a = [b[at], b[at + 1]];
+        u64::from(if self.big { u16::from_be_bytes(a) } else { u16::from_le_bytes(a) })
+    }
+    fn u32(&self, b: &[u8], at: usize) -> u64 {
+        let a: [u8; 4] = b[at..at + 4].try_into().unwrap();
+        u64::from(if self.big { u32::from_be_bytes(a) } else { u32::from_le_bytes(a) })
+    }
+    fn i32(&self, b: &[u8], at: usize) -> i64 {
+        self.u32(b, at) as u32 as i32 as i64
+    }
+    fn u64(&self, b: &[u8], at: usize) -> u64 {
+        let a: [u8; 8] = b[at..at + 8].try_into().unwrap();
+        if self.big {
+            u64::from_be_bytes(a)
+        } else {
+            u64::from_le_bytes(a)
+        }
+    }
+    fn cgbase(&self, c: u64) -> u64 {
+        c * self.fpg
+    }
+    fn cgstart(&self, c: u64) -> u64 {
+        if self.ufs2 {
+            self.cgbase(c)
+        } else {
+            self.cgbase(c) + self.cgoffset * (c & !self.cgmask)
+        }
+    }
+}
+
+fn read_sb(img: &[u8]) -> Sb {
+    for loc in [65536usize, 8192] {
+        for big in [false, true] {
+            let raw = img[loc..loc + 1376].to_vec();
+            let mut sb = Sb {
+                big,
+                ufs2: false,
+                raw,
+                fsize: 0,
+                frag: 0,
+                ncg: 0,
+                ipg: 0,
+                fpg: 0,
+                sblkno: 0,
+                iblkno: 0,
+                dblkno: 0,
+                cblkno: 0,
+                cgoffset: 0,
+                cgmask: 0,
+                size: 0,
+                csaddr: 0,
+                cssize: 0,
+                cgsize: 0,
+                inopb: 0,
+                nindir: 0,
+                contigsumsize: 0,
+                maxsymlinklen: 0,
+            };
+            let magic = sb.u32(&sb.raw, 1372);
+            if magic != 0x19540119 && magic != 0x011954 {
+                continue;
+            }
+            let r = sb.raw.clone();
+            sb.ufs2 = magic == 0x19540119;
+            sb.fsize = sb.u32(&r, 52);
+            sb.frag = sb.u32(&r, 56);
+            sb.ncg = sb.u32(&r, 44);
+            sb.ipg = sb.u32(&r, 184);
+            sb.fpg = sb.u32(&r, 188);
+            sb.sblkno = sb.u32(&r, 8);
+            sb.cblkno = sb.u32(&r, 12);
+            sb.iblkno = sb.u32(&r, 16);
+            sb.dblkno = sb.u32(&r, 20);
+            sb.cgoffset = sb.u32(&r, 24);
+            sb.cgmask = sb.u32(&r, 28);
+            sb.size = sb.u64(&r, 1080);
+            sb.csaddr = sb.u64(&r, 1096);
+            sb.cssize = sb.u32(&r, 156);
+            sb.cgsize = sb.u32(&r, 160);
+            sb.inopb = sb.u32(&r, 120);
+            sb.nindir = sb.u32(&r, 116);
+            sb.contigsumsize = sb.u32(&r, 1316);
+            sb.maxsymlinklen = sb.u32(&r, 1320);
+            return sb;
+        }
+    }
+    panic!("no FFS superblock");
+}
+
+fn bit(b: &[u8], i: u64) -> bool {
+    b[(i / 8) as usize] & (1 << (i % 8)) != 0
+}
+
+/// Recomputes everything the maps and summaries say from the inodes and directories and
+/// returns every disagreement (empty: consistent). Also checks that the file system is
+/// marked clean.
+fn check_image(img: &Path) -> Vec<String> {
+    let d = fs::read(img).unwrap();
+    let sb = read_sb(&d);
+    let mut bad = Vec::new();
+    let fs = sb.fsize;
+    let isz: u64 = if sb.ufs2 { 256 } else { 128 };
+    let ninodes = sb.ncg * sb.ipg;
+    let frag_at = |f: u64| &d[(f * fs) as usize..((f + 1) * fs) as usize];
+    // Fragment owners.
+    let mut owner: HashMap<u64, u64> = HashMap::new();
+    let mut claim = |f: u64, n: u64, ino: u64, bad: &mut Vec<String>| {
+        for k in 0..n {
+            if let Some(o) = owner.insert(f + k, ino) {
+                bad.push(format!("fragment {} claimed by inode {o} and inode {ino}", f + k));
+            }
+        }
+    };
+    let cs_frags = sb.cssize.div_ceil(fs);
+    for c in 0..sb.ncg {
+        // Group metadata runs from the superblock copy to the first data fragment (in group 0
+        // from the start, boot area included, and on over the summary area).
+        let lo = if c == 0 { 0 } else { sb.cgstart(c) + sb.sblkno };
+        let hi = sb.cgstart(c) + sb.dblkno + if c == 0 { cs_frags } else { 0 };
+        claim(lo, hi - lo, 0, &mut bad);
+    }
+    let inode_raw = |ino: u64| -> &[u8] {
+        let c = ino / sb.ipg;
+        let i = ino % sb.ipg;
+        let f = sb.cgstart(c) + sb.iblkno + (i / sb.inopb) * sb.frag;
+        let at = (f * fs + (i % sb.inopb) * isz) as usize;
+        &d[at..at + isz as usize]
+    };
+    let mut used_inodes: HashMap<u64, (u16, u64)> = HashMap::new(); // mode, nlink
+    let mut dir_data: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut ndirs = vec![0i64; sb.ncg as usize];
+    let bsz = fs * sb.frag;
+    for ino in 2..ninodes {
+        let c = ino / sb.ipg;
+        // UFS2: inodes past cg_initediblk are not initialised.
+        let cgraw = frag_at(sb.cgstart(c) + sb.cblkno);
+        if sb.ufs2 && ino % sb.ipg >= sb.u32(cgraw, 120) {
+            continue;
+        }
+        let r = inode_raw(ino);
+        let mode = sb.u16(r, 0) as u16;
+        if mode == 0 {
+            continue;
+        }
+        let nlink = sb.u16(r, 2);
+        used_inodes.insert(ino, (mode, nlink));
+        let kind = mode & 0o170000;
+        if kind == 0o040000 {
+            ndirs[c as usize] += 1;
+        }
+        let (size, blocks) = if sb.ufs2 { (sb.u64(r, 16), sb.u64(r, 24)) } else { (sb.u64(r, 8), sb.u32(r, 104)) };
+        let ptr = |i: usize, base: usize| if sb.ufs2 { sb.u64(r, base + 8 * i) } else { sb.u32(r, base + 4 * i) };
+        let (db_at, ib_at) = if sb.ufs2 { (112, 208) } else { (40, 88) };
+        let has_blocks = match kind {
+            0o100000 | 0o040000 => true,
+            0o120000 => size >= sb.maxsymlinklen,
+            _ => false,
+        };
+        if !has_blocks {
+            if blocks != 0 {
+                bad.push(format!("inode {ino}: {blocks} blocks without a block map"));
+            }
+            continue;
+        }
+        let mut units = 0u64;
+        let mut data: Vec<(u64, u64, u64)> = Vec::new(); // lbn, addr, nfrags
+        let nblocks = size.div_ceil(bsz);
+        for i in 0..12usize {
+            let p = ptr(i, db_at);
+            if p == 0 {
+                continue;
+            }
+            let lbn = i as u64;
+            if lbn >= nblocks {
+                bad.push(format!("inode {ino}: direct block {lbn} at {p} past the size {size}"));
+                continue;
+            }
+            let n = if size >= (lbn + 1) * bsz { sb.frag } else { (size - lbn * bsz).div_ceil(fs) };
+            if p % sb.frag + n > sb.frag {
+                bad.push(format!("inode {ino}: block {lbn} at {p} ({n} fragments) crosses a block"));
+            }
+            claim(p, n, ino, &mut bad);
+            units += n * fs / 512;
+            data.push((lbn, p, n));
+        }
+        // Indirect trees.
+        fn walk(sb: &Sb, d: &[u8], blk: u64, level: u32, base: u64, ino: u64, out: &mut Vec<(u64, u64, u64)>, ind: &mut Vec<u64>) {
+            ind.push(blk);
+            let span = sb.nindir.pow(level);
+            let ps = if sb.ufs2 { 8 } else { 4 };
+            let start = (blk * sb.fsize) as usize;
+            for i in 0..sb.nindir {
+                let at = start + (i * ps) as usize;
+                let p = if sb.ufs2 { sb.u64(d, at) } else { sb.u32(d, at) };
+                if p == 0 {
+                    continue;
+                }
+                if level == 0 {
+                    out.push((base + i, p, sb.frag));
+                } else {
+                    walk(sb, d, p, level - 1, base + i * span, ino, out, ind);
+                }
+            }
+        }
+        let mut base = 12u64;
+        for level in 0..3u32 {
+            let p = ptr(level as usize, ib_at);
+            let span = sb.nindir.pow(level + 1);
+            if p != 0 {
+                let mut ind = Vec::new();
+                let mut more = Vec::new();
+                walk(&sb, &d, p, level, base, ino, &mut more, &mut ind);
+                for b in ind {
+                    claim(b, sb.frag, ino, &mut bad);
+                    units += bsz / 512;
+                }
+                for (lbn, a, n) in more {
+                    if lbn >= nblocks {
+                        bad.push(format!("inode {ino}: block {lbn} at {a} past the size {size}"));
+                    }
+                    claim(a, n, ino, &mut bad);
+                    units += n * fs / 512;
+                    data.push((lbn, a, n));
+                }
+            }
+            base += span;
+        }
+        if units != blocks {
+            bad.push(format!("inode {ino}: di_blocks {blocks}, its blocks make {units}"));
+        }
+        if kind == 0o040000 {
+            let mut bytes = vec![0u8; size as usize];
+            for (lbn, a, n) in data {
+                let off = (lbn * bsz) as usize;
+                let len = ((n * fs) as usize).min(bytes.len().saturating_sub(off));
+                bytes[off..off + len].copy_from_slice(&d[(a * fs) as usize..(a * fs) as usize + len]);
+            }
+            dir_data.insert(ino, bytes);
+        }
+    }
+    // Directories: entries point at used inodes; count links.
+    let mut links: HashMap<u64, u64> = HashMap::new();
+    for (&ino, bytes) in &dir_data {
+        let mut seen_dot = false;
+        let mut seen_dotdot = false;
+        for (ci, chunk) in bytes.chunks(512).enumerate() {
+            let mut pos = 0usize;
+            while pos < 512 {
+                let e = sb.u32(chunk, pos);
+                let reclen = sb.u16(chunk, pos + 4) as usize;
+                let namlen = chunk[pos + 7] as usize;
+                if reclen < 8 || pos + reclen > 512 || reclen % 4 != 0 {
+                    bad.push(format!("directory {ino}: chunk {ci}: record at {pos} has length {reclen}"));
+                    break;
+                }
+                if e != 0 {
+                    let name = &chunk[pos + 8..pos + 8 + namlen];
+                    if (8 + namlen + 4) & !3 > reclen {
+                        bad.push(format!("directory {ino}: record {:?} too short", String::from_utf8_lossy(name)));
+                    }
+                    match used_inodes.get(&e) {
+                        None => bad.push(format!("directory {ino}: entry {:?} names free inode {e}", String::from_utf8_lossy(name))),
+                        Some(&(mode, _)) => {
+                            let dt = chunk[pos + 6];
+                            let want = ((mode & 0o170000) >> 12) as u8;
+                            if dt != want {
+                                bad.push(format!("directory {ino}: entry {:?} has d_type {dt}, inode {e} is type {want}", String::from_utf8_lossy(name)));
+                            }
+                        }
+                    }
+                    if name == b"." {
+                        seen_dot = true;
+                        if e != ino {
+                            bad.push(format!("directory {ino}: . is {e}"));
+                        }
+                    }
+                    if name == b".." {
+                        seen_dotdot = true;
+                    }
+                    *links.entry(e).or_default() += 1;
+                }
+                pos += reclen;
+            }
+        }
+        if !seen_dot || !seen_dotdot {
+            bad.push(format!("directory {ino}: . or .. missing"));
+        }
+    }
+    for (&ino, &(_, nlink)) in &used_inodes {
+        let l = links.get(&ino).copied().unwrap_or(0);
+        if l != nlink {
+            bad.push(format!("inode {ino}: link count {nlink}, {l} directory entries"));
+        }
+    }
+    // Cylinder groups.
+    let mut total = [0i64; 4];
+    let csarea: Vec<u8> = d[(sb.csaddr * fs) as usize..(sb.csaddr * fs + sb.cssize) as usize].to_vec();
+    for c in 0..sb.ncg {
+        let at = ((sb.cgstart(c) + sb.cblkno) * fs) as usize;
+        let cg = &d[at..at + sb.cgsize as usize];
+        let ndblk = sb.u32(cg, 20);
+        let iused = sb.u32(cg, 92) as usize;
+        let free = sb.u32(cg, 96) as usize;
+        let mut cs = [0i64; 4]; // ndir nbfree nifree nffree
+        cs[0] = ndirs[c as usize];
+        let mut frsum = vec![0i64; sb.frag as usize];
+        let nblk = ndblk / sb.frag;
+        let mut blkfree = vec![false; nblk as usize];
+        for b in 0..nblk {
+            let mut map = 0u32;
+            for k in 0..sb.frag {
+                let f = b * sb.frag + k;
+                let is_free = bit(&cg[free..], f);
+                let want_free = !owner.contains_key(&(sb.cgbase(c) + f));
+                if is_free != want_free {
+                    bad.push(format!("cg {c}: fragment {} is {} in the map", sb.cgbase(c) + f, if is_free { "free" } else { "used" }));
+                }
+                if is_free {
+                    map |= 1 << k;
+                }
+            }
+            if map == (1u32 << sb.frag) - 1 {
+                cs[1] += 1;
+                blkfree[b as usize] = true;
+            } else {
+                cs[3] += i64::from(map.count_ones());
+                let mut run = 0;
+                for k in 0..=sb.frag {
+                    if k < sb.frag && map & (1 << k) != 0 {
+                        run += 1;
+                    } else {
+                        if run > 0 {
+                            frsum[run] += 1;
+                        }
+                        run = 0;
+                    }
+                }
+            }
+        }
+        for i in 0..sb.ipg {
+            let ino = c * sb.ipg + i;
+            let used = bit(&cg[iused..], i);
+            let want = ino < 2 || used_inodes.contains_key(&ino);
+            if used != want {
+                bad.push(format!("cg {c}: inode {ino} is {} in the map", if used { "used" } else { "free" }));
+            }
+            if !used {
+                cs[2] += 1;
+            }
+        }
+        for k in 1..sb.frag as usize {
+            let have = sb.i32(cg, 52 + 4 * k);
+            if have != frsum[k] {
+                bad.push(format!("cg {c}: cg_frsum[{k}] {have}, the map has {}", frsum[k]));
+            }
+        }
+        if sb.contigsumsize > 0 {
+            let coff = sb.u32(cg, 108) as usize;
+            let soff = sb.u32(cg, 104) as usize;
+            let mut sums = vec![0i64; sb.contigsumsize as usize + 1];
+            let mut run = 0u64;
+            for b in 0..=nblk {
+                let f = b < nblk && blkfree[b as usize];
+                if b < nblk && bit(&cg[coff..], b) != f {
+                    bad.push(format!("cg {c}: cluster map bit {b} is {}", !f));
+                }
+                if f {
+                    run += 1;
+                } else {
+                    if run > 0 {
+                        sums[run.min(sb.contigsumsize) as usize] += 1;
+                    }
+                    run = 0;
+                }
+            }
+            for (k, want) in sums.iter().enumerate().skip(1) {
+                let have = sb.i32(cg, soff + 4 * k);
+                if have != *want {
+                    bad.push(format!("cg {c}: cluster summary [{k}] {have}, the map has {want}"));
+                }
+            }
+        }
+        let have = [sb.i32(cg, 24), sb.i32(cg, 28), sb.i32(cg, 32), sb.i32(cg, 36)];
+        if have != cs {
+            bad.push(format!("cg {c}: cg_cs (ndir, nbfree, nifree, nffree) {have:?}, counted {cs:?}"));
+        }
+        let o = (c * 16) as usize;
+        let area = [sb.i32(&csarea, o), sb.i32(&csarea, o + 4), sb.i32(&csarea, o + 8), sb.i32(&csarea, o + 12)];
+        if area != cs {
+            bad.push(format!("summary area for cg {c}: {area:?}, counted {cs:?}"));
+        }
+        for k in 0..4 {
+            total[k] += cs[k];
+        }
+    }
+    let r = &sb.raw;
+    let t = [sb.u64(r, 1008) as i64, sb.u64(r, 1016) as i64, sb.u64(r, 1024) as i64, sb.u64(r, 1032) as i64];
+    if t != total {
+        bad.push(format!("fs_cstotal {t:?}, counted {total:?}"));
+    }
+    if !sb.ufs2 {
+        let old = [sb.i32(r, 192), sb.i32(r, 196), sb.i32(r, 200), sb.i32(r, 204)];
+        if old != total {
+            bad.push(format!("fs_old_cstotal {old:?}, counted {total:?}"));
+        }
+    }
+    if r[209] == 0 {
+        bad.push("fs_clean is 0 after unmount".into());
+    }
+    bad
+}
+
+fn assert_consistent(img: &Path, what: &str) {
+    let bad = check_image(img);
+    assert!(bad.is_empty(), "{what}: {} inconsistencies in {}:\n  {}", bad.len(), img.display(), bad.iter().take(40).cloned().collect::<Vec<_>>().join("\n  "));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Through the kernel, on a RAM disk
+
+fn kernel() -> Arc<Kernel> {
+    Kernel::boot(BootConfig {
+        hyper: Arc::new(NoPlatform),
+        factions: vec![Faction::Vfs, Faction::Dev],
+        components: fs_drivers::all_components()
+            .into_iter()
+            .filter(|c| c.factions().iter().all(|f| matches!(f, Faction::Vfs | Faction::Dev)))
+            .collect(),
+        cache_bytes: 4 << 20,
+    })
+    .expect("boot")
+}
+
+fn kread(m: &vfs_faction::Mount, ino: Ino) -> Vec<u8> {
+    let vn = m.open(&Cred::root(), ino, OpenFlags { read: true, ..Default::default() }).unwrap();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = m.read(&vn, out.len() as u64, &mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    m.release(vn);
+    out
+}
+
+/// Every operation through the kernel on each kind of image: files growing fragment by
+/// fragment, across the direct blocks into single and double indirect blocks and back,
+/// holes, directories, links, symlinks short and long, devices, renames of every form,
+/// removal; then the checker and a remount.
+fn kernel_ops(k: Kind) {
+    let d = tempdir();
+    let img = empty_image(d.path(), k, "24m", "");
+    let mem = Arc::new(MemDisk::from_bytes(fs::read(&img).unwrap()));
+    let root = Cred::root();
+    let mut rng = Rng::new(u64::from(k.bsize) + u64::from(k.version));
+    let mut expect: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    {
+        let kern = kernel();
+        let m = kern.mount(None, MountSource::Block(mem.clone()), "w.img", &MountOptions::default()).unwrap();
+        assert!(!m.read_only(), "{}: mounted read-only", k.name);
+        let r = m.root();
+        let dir = m.mknod(&root, r, b"dir", FileType::Directory, 0o755, 0).unwrap().ino;
+        let sub = m.mknod(&root, dir, b"sub", FileType::Directory, 0o700, 0).unwrap().ino;
+        // A file grown in small appends (fragment extension and moves), then big ones.
+        let f = m.mknod(&root, dir, b"grow", FileType::Regular, 0o644, 0).unwrap().ino;
+        let vn = m.open(&root, f, OpenFlags { read: true, write: true, truncate: false }).unwrap();
+        let mut content = Vec::new();
+        for step in 0..60 {
+            let len = if step < 40 { 1 + rng.below(u64::from(k.fsize) * 2) } else { rng.below(u64::from(k.bsize) * 40) } as usize;
+            let mut data = vec![0u8; len];
+            rng.fill(&mut data);
+            m.write(&root, &vn, content.len() as u64, &data).unwrap();
+            content.extend_from_slice(&data);
+        }
+        // Overwrite in the middle, a hole past the end, shrink, grow.
+        let mut data = vec![0xAB; 5000];
+        rng.fill(&mut data[..100]);
+        m.write(&root, &vn, 3000, &data).unwrap();
+        content[3000..8000].copy_from_slice(&data);
+        let hole_at = content.len() as u64 + 3 * u64::from(k.bsize) + 17;
+        m.write(&root, &vn, hole_at, b"after the hole").unwrap();
+        content.resize(hole_at as usize, 0);
+        content.extend_from_slice(b"after the hole");
+        m.release(vn);
+        assert_eq!(kread(&m, f), content, "{}: grown file", k.name);
+        for sz in [content.len() as u64 / 3, 12 * u64::from(k.bsize) + 5, 700, 0, 100_000, 5] {
+            m.setattr(&root, f, None, None, None, Some(sz), None, None, false).unwrap();
+            content.resize(sz as usize, 0);
+            assert_eq!(kread(&m, f), content, "{}: after truncating to {sz}", k.name);
+        }
+        expect.insert("dir/grow".into(), content.clone());
+        // A sparse file: data far into the double indirect range, nothing between.
+        let sp = m.mknod(&root, r, b"sparse", FileType::Regular, 0o600, 0).unwrap().ino;
+        let vn = m.open(&root, sp, OpenFlags { read: true, write: true, truncate: false }).unwrap();
+        let far = (12 + u64::from(k.bsize) / 4 + 10) * u64::from(k.bsize) + 3;
+        m.write(&root, &vn, far, b"far away").unwrap();
+        m.write(&root, &vn, 1, b"near").unwrap();
+        m.release(vn);
+        let a = m.lookup(&root, r, b"sparse").unwrap();
+        assert_eq!(a.size, far + 8);
+        assert!(a.blocks * 512 <= 6 * u64::from(k.bsize), "{}: sparse file holds {} units", k.name, a.blocks);
+        m.forget(a.ino, 1);
+        let mut sc = vec![0u8; (far + 8) as usize];
+        sc[1..5].copy_from_slice(b"near");
+        sc[far as usize..].copy_from_slice(b"far away");
+        expect.insert("sparse".into(), sc);
+        // Many entries in one directory (new chunks and blocks), then half removed.
+        for i in 0..300 {
+            let name = format!("entry-with-a-longish-name-{i:04}");
+            let a = m.mknod(&root, sub, name.as_bytes(), FileType::Regular, 0o644, 0).unwrap();
+            m.forget(a.ino, 1);
+        }
+        for i in (0..300).step_by(2) {
+            m.unlink(&root, sub, format!("entry-with-a-longish-name-{i:04}").as_bytes()).unwrap();
+        }
+        for i in 0..300 {
+            if i % 2 == 1 {
+                expect.insert(format!("dir/sub/entry-with-a-longish-name-{i:04}"), Vec::new());
+            }
+        }
+        // Links, symlinks, devices, fifos, sockets.
+        m.link(&root, f, r, b"hardlink").map(|a| m.forget(a.ino, 1)).unwrap();
+        expect.insert("hardlink".into(), content.clone());
+        let short = m.symlink(&root, r, b"short", b"dir/grow").unwrap();
+        m.forget(short.ino, 1);
+        let long_target = "x/".repeat(300);
+        let long = m.symlink(&root, r, b"long", long_target.as_bytes()).unwrap();
+        m.forget(long.ino, 1);
+        assert_eq!(m.readlink(short.ino).unwrap(), b"dir/grow");
+        assert_eq!(m.readlink(long.ino).unwrap(), long_target.as_bytes());
+        for (name, kind, rdev) in [
+            (&b"chr"[..], FileType::CharDevice, (1 << 8) | 3),
+            (b"blk", FileType::BlockDevice, (259 << 8) | 70000 % 256 | ((70000 & !0xff) << 12)),
+            (b"fifo", FileType::Fifo, 0),
+            (b"sock", FileType::Socket, 0),
+        ] {
+            let a = m.mknod(&root, r, name, kind, 0o640, rdev).unwrap();
+            assert_eq!((a.kind, a.rdev), (kind, rdev));
+            m.forget(a.ino, 1);
+        }
+        // Renames: plain, over a file, across directories (a directory: .. fixed), exchange,
+        // no-replace.
+        let a = m.mknod(&root, r, b"a", FileType::Regular, 0o644, 0).unwrap();
+        m.forget(a.ino, 1);
+        let b = m.mknod(&root, r, b"b", FileType::Regular, 0o644, 0).unwrap();
+        m.forget(b.ino, 1);
+        m.rename(&root, r, b"a", r, b"b", RenameMode::Replace).unwrap();
+        assert_eq!(m.rename(&root, r, b"b", r, b"hardlink", RenameMode::NoReplace).err(), Some(Errno::EEXIST));
+        m.rename(&root, dir, b"sub", r, b"moved", RenameMode::Replace).unwrap();
+        let moved = m.lookup(&root, r, b"moved").unwrap();
+        assert_eq!(m.lookup(&root, moved.ino, b"..").unwrap().ino, r);
+        m.forget(moved.ino, 2);
+        m.rename(&root, r, b"moved", dir, b"b-dir", RenameMode::Replace).unwrap();
+        m.rename(&root, r, b"b", dir, b"b-dir", RenameMode::Exchange).unwrap();
+        // Now /b is the directory and /dir/b-dir the file.
+        let bd = m.lookup(&root, r, b"b").unwrap();
+        assert_eq!(bd.kind, FileType::Directory);
+        assert_eq!(m.lookup(&root, bd.ino, b"..").unwrap().ino, r);
+        m.forget(bd.ino, 2);
+        let old: Vec<(String, Vec<u8>)> = expect.iter().filter(|(p, _)| p.starts_with("dir/sub/")).map(|(p, c)| (p.clone(), c.clone())).collect();
+        for (p, c) in old {
+            expect.remove(&p);
+            expect.insert(p.replace("dir/sub/", "b/"), c);
+        }
+        expect.insert("dir/b-dir".into(), Vec::new());
+        assert_eq!(m.rmdir(&root, r, b"dir").err(), Some(Errno::ENOTEMPTY));
+        let e = m.mknod(&root, r, b"empty", FileType::Directory, 0o755, 0).unwrap();
+        m.forget(e.ino, 1);
+        m.rmdir(&root, r, b"empty").unwrap();
+        m.unmount().unwrap();
+    }
+    let out = d.path().join("out.img");
+    fs::write(&out, mem.contents()).unwrap();
+    assert_consistent(&out, &format!("{}: after the kernel operations", k.name));
+    let kern = kernel();
+    let ro = MountOptions { read_only: true, ..Default::default() };
+    let m = kern.mount(None, MountSource::Block(Arc::new(MemDisk::from_bytes(mem.contents()))), "r.img", &ro).unwrap();
+    for (p, want) in &expect {
+        let a = m.namei(&Cred::root(), p.as_bytes(), true).unwrap_or_else(|e| panic!("{}: {p}: {e:?}", k.name));
+        assert!(kread(&m, a.ino) == *want, "{}: {p} differs after the remount", k.name);
+    }
+    assert_eq!(m.readlink(m.namei(&Cred::root(), b"/long", false).unwrap().ino).unwrap(), "x/".repeat(300).as_bytes());
+    assert_eq!(m.namei(&Cred::root(), b"/chr", false).unwrap().rdev, (1 << 8) | 3);
+}
+
+#[test]
+fn kernel_ops_ufs1_le_8k() {
+    kernel_ops(UFS1_LE_8K);
+}
+#[test]
+fn kernel_ops_ufs1_be_4k() {
+    kernel_ops(UFS1_BE_4K);
+}
+#[test]
+fn kernel_ops_ufs2_le_32k() {
+    kernel_ops(UFS2_LE_32K);
+}
+#[test]
+fn kernel_ops_ufs2_be_16k() {
+    kernel_ops(UFS2_BE_16K);
+}
+
+#[allow(dead_code)]
+fn _unused(_: &File, _: &OpenOptions, _: &Command, _: io::Result<()>) {}
+#[allow(dead_code)]
+fn _unused2(f: &File) -> io::Result<usize> {
+    f.read_at(&mut [0u8; 1], 0)
+}
