@@ -491,9 +491,9 @@ impl NfsFs {
                 a.gid = self.cfg.caller.gid;
             }
         }
-        if let Some(w) = lock(&self.writes).get(&fa.fileid).cloned() {
-            let w = lock(&w);
-            a.size = a.size.max(w.max_end);
+        let ws = lock(&self.writes).get(&fa.fileid).cloned();
+        if let Some(w) = ws {
+            a.size = a.size.max(lock(&w).max_end);
         }
         a
     }
