@@ -34,6 +34,11 @@ const EXT3_4K: Kind = Kind { name: "ext3-4k", args: &["-t", "ext3", "-b", "4096"
 const EXT4_4K: Kind = Kind { name: "ext4-4k", args: &["-t", "ext4", "-b", "4096"], size: "1G" };
 const EXT4_1K: Kind = Kind { name: "ext4-1k", args: &["-t", "ext4", "-b", "1024"], size: "384M" };
 
+/// A read-write FUSE mount (the default of rumpfs-mount).
+fn mount_rw(img: &Path) -> Mounted {
+    Mounted::with(img, MountSpec::default())
+}
+
 fn setup() {
     require_tools(&["mke2fs", "e2fsck", "dumpe2fs", "fusermount3", "cp"]);
 }
@@ -123,7 +128,7 @@ fn unpack(k: Kind) {
     let img = image(d.path(), k, &[], None);
     let t0 = Instant::now();
     {
-        let m = Mounted::new(&img);
+        let m = mount_rw(&img);
         let out = run(tool("cp").arg("-a").arg(format!("{}/.", src.display())).arg(&m.mnt));
         assert!(out.ok(), "cp -a into the mount: {}", out.stderr);
         m.unmount();
@@ -143,7 +148,7 @@ fn unpack(k: Kind) {
         dumpe2fs_counts(&fresh)
     };
     {
-        let m = Mounted::new(&img);
+        let m = mount_rw(&img);
         for e in fs::read_dir(&m.mnt).unwrap() {
             let p = e.unwrap().path();
             if p.file_name().unwrap() != "lost+found" {
@@ -275,7 +280,7 @@ fn random_mix(k: Kind, seed: u64) {
     let d = tempdir();
     let img = image(d.path(), k, &[], Some("256M"));
     let reference = tempfile::Builder::new().prefix("rumpfs-ref-").tempdir_in("/dev/shm").unwrap();
-    let m = Mounted::new(&img);
+    let m = mount_rw(&img);
     const THREADS: u64 = 4;
     const OPS: u64 = 700;
     for root in [m.mnt.as_path(), reference.path()] {
@@ -307,6 +312,10 @@ fn random_mix(k: Kind, seed: u64) {
     pin_times(&m.mnt);
     pin_times(reference.path());
     m.unmount();
+    if let Some(keep) = std::env::var_os("EXT2W_KEEP") {
+        let _ = fs::copy(&img, Path::new(&keep).join(format!("random-{}.img", k.name)));
+        let _ = run(tool("cp").arg("-a").arg(reference.path()).arg(Path::new(&keep).join(format!("random-{}.ref", k.name))));
+    }
     fsck_clean(&img, &format!("{}: after random operations", k.name));
     let opts = CompareOpts { sparse_threshold: u64::MAX, ..CompareOpts::default() };
     let m = Mounted::with(&img, MountSpec::opts("ro"));
@@ -343,7 +352,7 @@ fn fill_and_delete_half(k: Kind) {
     setup();
     let d = tempdir();
     let img = image(d.path(), k, &["-N", "2048"], Some("48M"));
-    let m = Mounted::new(&img);
+    let m = mount_rw(&img);
     let mut rng = Rng::new(99);
     let mut files = Vec::new();
     // Blocks first, in files of random sizes, until ENOSPC.
@@ -384,8 +393,13 @@ fn fill_and_delete_half(k: Kind) {
         }
     }
     let (bfree, _, ffree) = statvfs(&m.mnt);
+    let _ = (bfree, ffree);
     m.unmount();
     fsck_clean(&img, &format!("{}: after filling and deleting half", k.name));
+    // (Files unlinked are freed when the FUSE kernel forgets them, so compare after a remount.)
+    let m = Mounted::with(&img, MountSpec::opts("ro"));
+    let (bfree, _, ffree) = statvfs(&m.mnt);
+    m.unmount();
     let (fb, fi) = dumpe2fs_counts(&img);
     assert_eq!((bfree, ffree), (fb, fi), "{}: statfs counts against dumpe2fs", k.name);
 }
@@ -424,7 +438,7 @@ fn many_subdirs(k: Kind) {
     const N: usize = 70_000;
     let t0 = Instant::now();
     {
-        let m = Mounted::new(&img);
+        let m = mount_rw(&img);
         let big = m.path("big");
         fs::create_dir(&big).unwrap();
         std::thread::scope(|s| {
@@ -445,7 +459,7 @@ fn many_subdirs(k: Kind) {
     eprintln!("{}: {N} mkdirs took {:?}", k.name, t0.elapsed());
     fsck_clean(&img, &format!("{}: {N} subdirectories", k.name));
     {
-        let m = Mounted::new(&img);
+        let m = mount_rw(&img);
         let big = m.path("big");
         assert_eq!(fs::read_dir(&big).unwrap().count(), N);
         // Below 65,000 again: the count becomes exact.
@@ -476,7 +490,7 @@ fn sparse_5g(k: Kind) {
     let img = image(d.path(), k, &[], Some("256M"));
     let reference = tempfile::Builder::new().prefix("rumpfs-ref-").tempdir_in("/dev/shm").unwrap();
     let mut rng = Rng::new(5);
-    let m = Mounted::new(&img);
+    let m = mount_rw(&img);
     let size = 5 * GIB;
     let paths = [m.path("sparse"), reference.path().join("sparse")];
     let files: Vec<File> = paths.iter().map(|p| OpenOptions::new().create(true).write(true).truncate(true).open(p).unwrap()).collect();
@@ -543,7 +557,7 @@ fn posix_details() {
     setup();
     let d = tempdir();
     let img = image(d.path(), EXT4_4K, &[], Some("64M"));
-    let m = Mounted::new(&img);
+    let m = mount_rw(&img);
     let long = "n".repeat(256);
     expect_errno(File::create(m.path(&long)), libc::ENAMETOOLONG, "create with a 256-byte name");
     fs::write(m.path(&"n".repeat(255)), b"x").unwrap();
@@ -630,7 +644,7 @@ fn clean_state_and_unwritable_features() {
     let d = tempdir();
     let img = image(d.path(), EXT4_4K, &[], Some("64M"));
     let before = dumpe2fs_h(&img);
-    let m = Mounted::new(&img);
+    let m = mount_rw(&img);
     fs::write(m.path("x"), b"x").unwrap();
     let during = dumpe2fs_h(&img);
     assert_eq!(during.get("Filesystem state").map(|s| s.trim()), Some("not clean"));
@@ -647,7 +661,7 @@ fn clean_state_and_unwritable_features() {
     let args: [&std::ffi::OsStr; 4] = [q.as_os_str(), none.as_os_str(), "-o".as_ref(), "rw".as_ref()];
     let out = run_cli(&args, None);
     assert!(!out.ok() && out.stderr.contains("quota"), "rw mount of a quota image: {:?}: {}", out.code(), out.stderr);
-    let m = Mounted::new(&q);
+    let m = mount_rw(&q);
     assert!(m.out.stderr.contains("read-only") && m.out.stderr.contains("quota"), "no warning: {}", m.out.stderr);
     expect_errno(fs::write(m.path("x"), b"x"), libc::EROFS, "write to a read-only mount");
     m.unmount();

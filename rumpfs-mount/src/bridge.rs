@@ -62,13 +62,10 @@ fn timeset(t: TimeOrNow) -> TimeSet {
         TimeOrNow::SpecificTime(st) => TimeSet::At(match st.duration_since(UNIX_EPOCH) {
             Ok(d) => Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
             Err(e) => {
+                // fuser (0.18, time.rs) turns the kernel's (sec < 0, nsec) into
+                // UNIX_EPOCH - (|sec| s + nsec ns); undo exactly that.
                 let d = e.duration();
-                let (sec, nsec) = if d.subsec_nanos() == 0 {
-                    (-(d.as_secs() as i64), 0)
-                } else {
-                    (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
-                };
-                Timespec { sec, nsec }
+                Timespec { sec: -(d.as_secs() as i64), nsec: d.subsec_nanos() }
             }
         }),
     }

@@ -74,6 +74,32 @@ fn records(b: &[u8], limit: usize) -> Result<Vec<(usize, usize, u32, usize)>, St
     Ok(out)
 }
 
+/// The permission bits a POSIX access ACL (xattr form) implies, and whether the ACL is
+/// minimal (owner, group and other only). `None`: malformed.
+fn acl_mode(v: &[u8]) -> Option<(u16, bool)> {
+    if v.len() < 4 || le32(v, 0) != 2 || (v.len() - 4) % 8 != 0 {
+        return None;
+    }
+    let (mut user, mut group, mut other, mut mask) = (None, None, None, None);
+    let mut minimal = true;
+    for e in v[4..].chunks(8) {
+        let perm = le16(e, 2) & 7;
+        match le16(e, 0) {
+            1 => user = Some(perm),
+            4 => group = Some(perm),
+            0x10 => {
+                mask = Some(perm);
+                minimal = false;
+            }
+            0x20 => other = Some(perm),
+            2 | 8 => minimal = false,
+            _ => return None,
+        }
+    }
+    let g = mask.or(group)?;
+    Some((user? << 6 | g << 3 | other?, minimal))
+}
+
 impl Ext2Fs {
     pub(crate) fn ro(&self) -> KResult<()> {
         if self.read_only {
@@ -1204,6 +1230,15 @@ impl Ext2Fs {
             return Err(Errno::ESTALE);
         }
         let (index, suffix) = xattr::split_name(name).ok_or(Errno::EOPNOTSUPP)?;
+        // An access ACL sets the permission bits (as Linux's posix_acl_update_mode does); one
+        // that says no more than the mode is not stored at all.
+        let mut acl_is_mode = false;
+        if let (2, Some(v)) = (index, value) {
+            let (perm, minimal) = acl_mode(v).ok_or(Errno::EINVAL)?;
+            st.inode.mode = (st.inode.mode & !0o777) | perm;
+            acl_is_mode = minimal;
+        }
+        let value = if acl_is_mode { None } else { value };
         let stored = match value {
             Some(v) if matches!(index, 2 | 3) => Some(xattr::xattr_to_acl(v).map_err(|_| Errno::EINVAL)?),
             Some(v) => Some(v.to_vec()),
@@ -1238,6 +1273,10 @@ impl Ext2Fs {
         }
         let pos = all.iter().position(|x| x.index == index && x.name == suffix);
         match (&stored, pos) {
+            (None, None) if acl_is_mode => {
+                st.inode.ctime = self.now();
+                return self.write_inode(n.ino, &mut st.inode);
+            }
             (None, None) => return Err(Errno::ENODATA),
             (None, Some(i)) => {
                 all.remove(i);
