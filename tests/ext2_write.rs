@@ -39,6 +39,18 @@ fn mount_rw(img: &Path) -> Mounted {
     Mounted::with(img, MountSpec::default())
 }
 
+/// Unmounts, retrying while the kernel still says busy (closes are finished asynchronously by
+/// FUSE; on a loaded machine the first fusermount3 -u can come too early).
+fn unmount(m: Mounted) {
+    for _ in 0..50 {
+        if run(tool("fusermount3").arg("-u").arg(&m.mnt)).ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    m.unmount();
+}
+
 fn setup() {
     require_tools(&["mke2fs", "e2fsck", "dumpe2fs", "fusermount3", "cp"]);
 }
@@ -131,7 +143,7 @@ fn unpack(k: Kind) {
         let m = mount_rw(&img);
         let out = run(tool("cp").arg("-a").arg(format!("{}/.", src.display())).arg(&m.mnt));
         assert!(out.ok(), "cp -a into the mount: {}", out.stderr);
-        m.unmount();
+        unmount(m);
     }
     eprintln!("{}: cp -a of the source tree took {:?}", k.name, t0.elapsed());
     fsck_clean(&img, &format!("{}: after cp -a", k.name));
@@ -139,7 +151,7 @@ fn unpack(k: Kind) {
     {
         let m = Mounted::with(&img, MountSpec::opts("ro"));
         assert_trees_equal(&src, &m.mnt, &opts);
-        m.unmount();
+        unmount(m);
     }
     kernel_sees(&img, &src, &opts);
     // And remove it all again: every block and inode comes back.
@@ -156,7 +168,7 @@ fn unpack(k: Kind) {
                 assert!(out.ok(), "rm -rf {}: {}", p.display(), out.stderr);
             }
         }
-        m.unmount();
+        unmount(m);
     }
     fsck_clean(&img, &format!("{}: after rm -rf", k.name));
     let (fb, fi) = dumpe2fs_counts(&img);
@@ -165,7 +177,7 @@ fn unpack(k: Kind) {
     let m = Mounted::with(&img, MountSpec::opts("ro"));
     let root_md = fs::metadata(&m.mnt).unwrap();
     let grown = root_md.size() / root_md.blksize() - 1;
-    m.unmount();
+    unmount(m);
     assert_eq!(fb + grown, fb0, "{}: free blocks after removing everything", k.name);
 }
 
@@ -311,7 +323,7 @@ fn random_mix(k: Kind, seed: u64) {
     assert!(failures.is_empty(), "{}: outcomes differ from tmpfs:\n  {}", k.name, failures.join("\n  "));
     pin_times(&m.mnt);
     pin_times(reference.path());
-    m.unmount();
+    unmount(m);
     if let Some(keep) = std::env::var_os("EXT2W_KEEP") {
         let _ = fs::copy(&img, Path::new(&keep).join(format!("random-{}.img", k.name)));
         let _ = run(tool("cp").arg("-a").arg(reference.path()).arg(Path::new(&keep).join(format!("random-{}.ref", k.name))));
@@ -320,7 +332,7 @@ fn random_mix(k: Kind, seed: u64) {
     let opts = CompareOpts { sparse_threshold: u64::MAX, ..CompareOpts::default() };
     let m = Mounted::with(&img, MountSpec::opts("ro"));
     assert_trees_equal(reference.path(), &m.mnt, &opts);
-    m.unmount();
+    unmount(m);
     kernel_sees(&img, reference.path(), &opts);
 }
 
@@ -394,12 +406,12 @@ fn fill_and_delete_half(k: Kind) {
     }
     let (bfree, _, ffree) = statvfs(&m.mnt);
     let _ = (bfree, ffree);
-    m.unmount();
+    unmount(m);
     fsck_clean(&img, &format!("{}: after filling and deleting half", k.name));
     // (Files unlinked are freed when the FUSE kernel forgets them, so compare after a remount.)
     let m = Mounted::with(&img, MountSpec::opts("ro"));
     let (bfree, _, ffree) = statvfs(&m.mnt);
-    m.unmount();
+    unmount(m);
     let (fb, fi) = dumpe2fs_counts(&img);
     assert_eq!((bfree, ffree), (fb, fi), "{}: statfs counts against dumpe2fs", k.name);
 }
@@ -454,7 +466,7 @@ fn many_subdirs(k: Kind) {
         let md = fs::metadata(&big).unwrap();
         assert_eq!(md.nlink(), 1, "{}: a directory with {N} subdirectories shows nlink 1 (dir_nlink)", k.name);
         assert!(fs::metadata(big.join("sub69999")).unwrap().is_dir());
-        m.unmount();
+        unmount(m);
     }
     eprintln!("{}: {N} mkdirs took {:?}", k.name, t0.elapsed());
     fsck_clean(&img, &format!("{}: {N} subdirectories", k.name));
@@ -467,7 +479,7 @@ fn many_subdirs(k: Kind) {
             fs::remove_dir(big.join(format!("sub{i:05}"))).unwrap();
         }
         assert_eq!(fs::metadata(&big).unwrap().nlink(), (N - 10_000 + 2) as u64);
-        m.unmount();
+        unmount(m);
     }
     fsck_clean(&img, &format!("{}: after removing 10,000 of them", k.name));
 }
@@ -512,7 +524,7 @@ fn sparse_5g(k: Kind) {
     assert!(used < 64 * MIB, "{}: the sparse file uses {used} bytes: holes were filled", k.name);
     pin_times(&m.mnt);
     pin_times(reference.path());
-    m.unmount();
+    unmount(m);
     fsck_clean(&img, &format!("{}: 5 GiB sparse file", k.name));
     let opts = CompareOpts { sparse_threshold: 256 * MIB, ..CompareOpts::default() };
     let m = Mounted::with(&img, MountSpec::opts("ro"));
@@ -532,7 +544,7 @@ fn sparse_5g(k: Kind) {
         off += n as u64;
     }
     drop(a);
-    m.unmount();
+    unmount(m);
     kernel_sees(&img, reference.path(), &opts);
 }
 
@@ -619,7 +631,7 @@ fn posix_details() {
     set_mtime(&m.path("fa"), 1_500_000_000, 987_654_321);
     let md = fs::metadata(m.path("fa")).unwrap();
     assert_eq!((md.mtime(), md.mtime_nsec()), (1_500_000_000, 987_654_321));
-    m.unmount();
+    unmount(m);
     fsck_clean(&img, "posix details");
 }
 
@@ -648,7 +660,7 @@ fn clean_state_and_unwritable_features() {
     fs::write(m.path("x"), b"x").unwrap();
     let during = dumpe2fs_h(&img);
     assert_eq!(during.get("Filesystem state").map(|s| s.trim()), Some("not clean"));
-    m.unmount();
+    unmount(m);
     let after = dumpe2fs_h(&img);
     assert_eq!(after.get("Filesystem state").map(|s| s.trim()), Some("clean"));
     let count = |h: &std::collections::HashMap<String, String>| h["Mount count"].trim().parse::<u32>().unwrap();
@@ -664,7 +676,7 @@ fn clean_state_and_unwritable_features() {
     let m = mount_rw(&q);
     assert!(m.out.stderr.contains("read-only") && m.out.stderr.contains("quota"), "no warning: {}", m.out.stderr);
     expect_errno(fs::write(m.path("x"), b"x"), libc::EROFS, "write to a read-only mount");
-    m.unmount();
+    unmount(m);
 }
 
 // ---------------------------------------------------------------------------------------------
