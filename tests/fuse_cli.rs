@@ -50,11 +50,29 @@ fn list_components_names_ext2fs_and_factions() {
     assert!(l.contains("vfs") && l.contains("dev"), "ext2fs line does not name its factions vfs and dev: {line:?}");
 }
 
+/// Read-write mounts take the image for themselves: while one is mounted, no second mount
+/// (read-only or read-write) gets the image; while read-only mounts hold it, read-write is
+/// refused; several read-only mounts share it. Unmounting a read-write mount leaves a clean
+/// file system (e2fsck -fn is the judge).
 #[test]
-fn rw_is_refused_with_a_message() {
-    let (_d, _t, img) = small(FsKind::Ext2_1k, "rw");
-    let out = mount_fails(&img, MountSpec::opts("rw"));
-    assert_cli_error(&out, EXIT_MOUNT, &["read-write is not supported yet"]);
+fn read_write_mount_is_exclusive() {
+    let (_d, _tree, img) = small(FsKind::Ext4, "rw-lock");
+    let rw = Mounted::with(&img, MountSpec::opts("rw"));
+    assert!(rw.entry().unwrap().options.split(',').any(|o| o == "rw"), "{:?}", rw.entry());
+    for o in ["ro", "rw"] {
+        let out = mount_fails(&img, MountSpec::opts(o));
+        assert_cli_error(&out, EXIT_MOUNT, &[]);
+    }
+    fs::write(rw.path("written-by-e2e"), b"new content\n").unwrap();
+    rw.unmount();
+    let fsck = run(tool("e2fsck").arg("-fn").arg(&img));
+    assert!(fsck.ok(), "e2fsck -fn after a read-write mount: {}{}", fsck.stdout, fsck.stderr);
+    assert_eq!(debugfs_req(&img, "cat /written-by-e2e"), "new content\n");
+    let a = Mounted::new(&img);
+    let b = Mounted::new(&img);
+    assert_eq!(fs::read(a.path("written-by-e2e")).unwrap(), b"new content\n");
+    assert_eq!(fs::read(b.path("files/hello.txt")).unwrap(), b"hello, world\n");
+    assert_cli_error(&mount_fails(&img, MountSpec::opts("rw")), EXIT_MOUNT, &[]);
 }
 
 #[test]
@@ -72,16 +90,16 @@ fn options_after_positionals_and_generic_options() {
 #[test]
 fn tiny_cache_and_one_vcpu() {
     let (_d, tree, img) = small(FsKind::Ext2_1k, "cache");
-    let m = Mounted::with(&img, MountSpec::opts("vcpus=1,cache=512K"));
+    let m = Mounted::with(&img, MountSpec::ro("vcpus=1,cache=512K"));
     assert_same(&tree, &m, FsKind::Ext2_1k);
-    let m2 = Mounted::with(&img, MountSpec { args: vec!["-o".into(), "vcpus=3".into(), "-o".into(), "cache=1M".into()], ..Default::default() });
+    let m2 = Mounted::with(&img, MountSpec { args: vec!["-o".into(), "vcpus=3,ro".into(), "-o".into(), "cache=1M".into()], ..Default::default() });
     assert_same(&tree, &m2, FsKind::Ext2_1k);
 }
 
 #[test]
 fn fsname_and_subtype_show_in_proc_mounts() {
     let (_d, _t, img) = small(FsKind::Ext2_1k, "names");
-    let m = Mounted::with(&img, MountSpec::opts("fsname=e2e-source,subtype=e2etype"));
+    let m = Mounted::with(&img, MountSpec::ro("fsname=e2e-source,subtype=e2etype"));
     let e = m.entry().unwrap();
     assert_eq!(e.source, "e2e-source");
     assert_eq!(e.fstype, "fuse.e2etype");
@@ -90,7 +108,7 @@ fn fsname_and_subtype_show_in_proc_mounts() {
 #[test]
 fn default_mount_shows_type_and_source() {
     let (_d, _t, img) = small(FsKind::Ext2_1k, "default");
-    let m = Mounted::new(&img);
+    let m = Mounted::with(&img, MountSpec::default());
     let e = m.entry().unwrap();
     assert!(e.fstype == "fuse.rumpfs-mount" || e.fstype.starts_with("fuseblk"), "fstype {}", e.fstype);
     assert_eq!(Path::new(&e.source), img);
@@ -117,7 +135,7 @@ fn no_arguments_is_a_usage_error() {
 fn missing_image() {
     require_tools(TOOLS);
     let d = tempdir();
-    let out = mount_fails(&d.path().join("no-such.img"), MountSpec::default());
+    let out = mount_fails(&d.path().join("no-such.img"), MountSpec::ro(""));
     assert_cli_error(&out, EXIT_MOUNT, &["no-such.img"]);
 }
 
@@ -142,18 +160,18 @@ fn random_bytes_are_not_a_file_system() {
     let mut buf = vec![0u8; 4 << 20];
     Rng::new(1).fill(&mut buf);
     fs::write(&img, &buf).unwrap();
-    assert_cli_error(&mount_fails(&img, MountSpec::default()), EXIT_MOUNT, &[]);
+    assert_cli_error(&mount_fails(&img, MountSpec::ro("")), EXIT_MOUNT, &[]);
     // An empty file, too.
     let empty = d.path().join("empty.img");
     File::create(&empty).unwrap();
-    assert_cli_error(&mount_fails(&empty, MountSpec::default()), EXIT_MOUNT, &[]);
+    assert_cli_error(&mount_fails(&empty, MountSpec::ro("")), EXIT_MOUNT, &[]);
 }
 
 #[test]
 fn zeroed_superblock() {
     let (_d, _t, img) = small(FsKind::Ext2_1k, "zeroed");
     fs::OpenOptions::new().write(true).open(&img).unwrap().write_all_at(&[0u8; 1024], 1024).unwrap();
-    assert_cli_error(&mount_fails(&img, MountSpec::default()), EXIT_MOUNT, &[]);
+    assert_cli_error(&mount_fails(&img, MountSpec::ro("")), EXIT_MOUNT, &[]);
 }
 
 #[test]
@@ -163,11 +181,11 @@ fn truncated_images() {
     let tiny = img.with_extension("tiny");
     fs::copy(&img, &tiny).unwrap();
     File::options().write(true).open(&tiny).unwrap().set_len(1500).unwrap();
-    assert_cli_error(&mount_fails(&tiny, MountSpec::default()), EXIT_MOUNT, &[]);
+    assert_cli_error(&mount_fails(&tiny, MountSpec::ro("")), EXIT_MOUNT, &[]);
     // Cut in the middle of the data: either a clean refusal, or a mount where what lies past
     // the end reads as EIO, nothing else goes wrong, and the server survives.
     File::options().write(true).open(&img).unwrap().set_len(fs::metadata(&img).unwrap().len() / 2).unwrap();
-    match Mounted::try_with(&img, MountSpec::default()) {
+    match Mounted::try_with(&img, MountSpec::ro("")) {
         Err(out) => assert_cli_error(&out, EXIT_MOUNT, &[]),
         Ok(m) => {
             let diffs = m.deadline(Duration::from_secs(60), || compare_trees(&tree.root, &m.mnt, &CompareOpts::default()));
@@ -182,7 +200,7 @@ fn truncated_images() {
 fn unknown_incompatible_feature_is_refused() {
     let (_d, _t, img) = small(FsKind::Ext2_1k, "incompat");
     debugfs(&img, true, "feature FEATURE_I31\n");
-    let out = mount_fails(&img, MountSpec::default());
+    let out = mount_fails(&img, MountSpec::ro(""));
     assert_cli_error(&out, EXIT_MOUNT, &["feature"]);
 }
 
@@ -190,7 +208,7 @@ fn unknown_incompatible_feature_is_refused() {
 fn journal_needing_recovery_is_refused() {
     let (_d, _t, img) = small(FsKind::Ext3, "recovery");
     debugfs(&img, true, "feature needs_recovery\n");
-    let out = mount_fails(&img, MountSpec::default());
+    let out = mount_fails(&img, MountSpec::ro(""));
     assert_cli_error(&out, EXIT_MOUNT, &[]);
     let l = out.stderr.to_lowercase();
     assert!(l.contains("journal") || l.contains("recover"), "the message does not say the journal needs recovery: {}", out.stderr);
@@ -205,7 +223,7 @@ fn inline_data_is_read_or_refused_by_name() {
     let img = d.path().join("inline.img");
     mke2fs(&img, &["-t", "ext4", "-O", "inline_data"], Some(&tree.root), "64M");
     set_image_mtimes(&img, true, &tree.wide_mtimes);
-    match Mounted::try_with(&img, MountSpec::default()) {
+    match Mounted::try_with(&img, MountSpec::ro("")) {
         Ok(m) => assert_same(&tree, &m, FsKind::Ext4),
         Err(out) => assert_cli_error(&out, EXIT_MOUNT, &["inline_data"]),
     }
@@ -232,11 +250,11 @@ fn mbr_primary_partition() {
     let m = Mounted::new(&disk); // the one partition with a file system
     assert_same(&tree, &m, FsKind::Ext4);
     drop(m);
-    let m = Mounted::with(&disk, MountSpec::opts("partition=2"));
+    let m = Mounted::with(&disk, MountSpec::ro("partition=2"));
     assert_same(&tree, &m, FsKind::Ext4);
     drop(m);
-    assert_cli_error(&mount_fails(&disk, MountSpec::opts("partition=1")), EXIT_MOUNT, &[]);
-    assert_lists(&mount_fails(&disk, MountSpec::opts("partition=3")), &[1, 2]);
+    assert_cli_error(&mount_fails(&disk, MountSpec::ro("partition=1")), EXIT_MOUNT, &[]);
+    assert_lists(&mount_fails(&disk, MountSpec::ro("partition=3")), &[1, 2]);
 }
 
 #[test]
@@ -248,12 +266,12 @@ fn mbr_logical_partition() {
     let m = Mounted::new(&disk);
     assert_same(&tree, &m, FsKind::Ext2_1k);
     drop(m);
-    let m = Mounted::with(&disk, MountSpec::opts("partition=5"));
+    let m = Mounted::with(&disk, MountSpec::ro("partition=5"));
     assert_same(&tree, &m, FsKind::Ext2_1k);
     drop(m);
     // 2 is the extended partition (a container, not a file system).
-    assert_cli_error(&mount_fails(&disk, MountSpec::opts("partition=2")), EXIT_MOUNT, &[]);
-    assert_lists(&mount_fails(&disk, MountSpec::opts("partition=6")), &[1, 5]);
+    assert_cli_error(&mount_fails(&disk, MountSpec::ro("partition=2")), EXIT_MOUNT, &[]);
+    assert_lists(&mount_fails(&disk, MountSpec::ro("partition=6")), &[1, 5]);
 }
 
 #[test]
@@ -263,9 +281,9 @@ fn mbr_two_file_systems_need_a_choice() {
     let disk = d.path().join("mbr.img");
     let placed = make_disk(&disk, Table::Mbr, &[Part { data: PartData::Image(&img_a), logical: false }, Part { data: PartData::Image(&img_b), logical: true }]);
     assert_eq!(placed.iter().map(|p| p.number).collect::<Vec<_>>(), [1, 5]);
-    assert_lists(&mount_fails(&disk, MountSpec::default()), &[1, 5]);
-    let a = Mounted::with(&disk, MountSpec::opts("partition=1"));
-    let b = Mounted::with(&disk, MountSpec::opts("partition=5"));
+    assert_lists(&mount_fails(&disk, MountSpec::ro("")), &[1, 5]);
+    let a = Mounted::with(&disk, MountSpec::ro("partition=1"));
+    let b = Mounted::with(&disk, MountSpec::ro("partition=5"));
     assert_eq!(marker(&a), "tree mbr-A\n");
     assert_eq!(marker(&b), "tree mbr-B\n");
     assert_same(&tree_a, &a, FsKind::Ext2_1k);
@@ -281,11 +299,11 @@ fn gpt_partition() {
     let m = Mounted::new(&disk);
     assert_same(&tree, &m, FsKind::Ext3);
     drop(m);
-    let m = Mounted::with(&disk, MountSpec::opts("partition=2"));
+    let m = Mounted::with(&disk, MountSpec::ro("partition=2"));
     assert_same(&tree, &m, FsKind::Ext3);
     drop(m);
-    assert_cli_error(&mount_fails(&disk, MountSpec::opts("partition=1")), EXIT_MOUNT, &[]);
-    assert_lists(&mount_fails(&disk, MountSpec::opts("partition=4")), &[1, 2]);
+    assert_cli_error(&mount_fails(&disk, MountSpec::ro("partition=1")), EXIT_MOUNT, &[]);
+    assert_lists(&mount_fails(&disk, MountSpec::ro("partition=4")), &[1, 2]);
 }
 
 #[test]
@@ -302,9 +320,9 @@ fn gpt_two_file_systems_need_a_choice() {
             Part { data: PartData::Image(&img_b), logical: false },
         ],
     );
-    assert_lists(&mount_fails(&disk, MountSpec::default()), &[1, 3]);
-    let a = Mounted::with(&disk, MountSpec::opts("partition=1"));
-    let b = Mounted::with(&disk, MountSpec::opts("partition=3"));
+    assert_lists(&mount_fails(&disk, MountSpec::ro("")), &[1, 3]);
+    let a = Mounted::with(&disk, MountSpec::ro("partition=1"));
+    let b = Mounted::with(&disk, MountSpec::ro("partition=3"));
     assert_same(&tree_a, &a, FsKind::Ext4);
     assert_same(&tree_b, &b, FsKind::Ext2_1k);
 }
@@ -352,7 +370,7 @@ fn ordinary_user_mounts_through_fusermount3() {
     let _g = global_lock();
     debian_dev_fuse();
     let (_d, tree, img) = small(FsKind::Ext2_1k, "user");
-    let m = Mounted::with(&img, MountSpec { user: Some(USER), ..Default::default() });
+    let m = Mounted::with(&img, MountSpec { user: Some(USER), ..MountSpec::ro("") });
     let e = m.entry().unwrap();
     assert!(e.options.split(',').any(|o| o == "user_id=1000"), "not mounted through fusermount3 as uid 1000: {}", e.options);
     assert!(!m.pids.is_empty(), "no server process found");
@@ -380,7 +398,7 @@ fn allow_other_mount_by_root_checks_permissions() {
     let out = user_cat(&m.path("perm/public"));
     assert!(!out.ok() && out.stderr.contains("Permission denied"), "uid 1000 on root's mount without allow_other: {}", out.stderr);
     drop(m);
-    let m = Mounted::with(&img, MountSpec::opts("allow_other"));
+    let m = Mounted::with(&img, MountSpec::ro("allow_other"));
     check_user_permissions(&m);
     // Root may read everything.
     assert_eq!(fs::read_to_string(m.path("perm/secret")).unwrap(), "root only\n");

@@ -661,7 +661,7 @@ pub fn make_tree(root: &Path, spec: TreeSpec, label: &str) -> SourceTree {
         times.push(("ns-max", 1_600_000_000, 999_999_999));
         times.push(("y2106", (1i64 << 32) + 5, 500_000_000));
         times.push(("y2200", 7_258_118_400, 1));
-        times.push(("pre-1970-ns", -1, 999_999_999));
+        times.push(("pre-1970-ns", -2, 999_999_999)); // debugfs cannot parse @-1 (its error value)
     }
     for (name, _, _) in &times {
         write_file(&r(&format!("times/{name}")), name.as_bytes());
@@ -873,7 +873,6 @@ pub fn make_image(kind: FsKind, src: &SourceTree, img: &Path, size: &str) {
         for f in ["extent", "64bit", "flex_bg", "metadata_csum", "huge_file", "dir_nlink", "extra_isize"] {
             assert!(feats.split_whitespace().any(|x| x == f), "ext4 image lacks {f}: {feats}");
         }
-        assert_eq!(h.get("Block size").map(String::as_str), Some("4096"));
     }
     if src.spec.big_dir_entries > 0 {
         let dump = run(tool("debugfs").arg("-R").arg("htree_dump /bigdir").arg(img));
@@ -918,6 +917,9 @@ pub fn shared_image(kind: FsKind) -> &'static Image {
         let path = dir.join(format!("{}.img", kind.name()));
         let t = Instant::now();
         make_image(kind, tree, &path, kind.size());
+        if kind == FsKind::Ext4 {
+            assert_eq!(dumpe2fs_h(&path).get("Block size").map(String::as_str), Some("4096"), "ext4 defaults: 4 KiB blocks");
+        }
         eprintln!("built {} in {:?}", path.display(), t.elapsed());
         Image { path, kind, _dir: None }
     })
@@ -1056,15 +1058,17 @@ pub fn make_disk(disk: &Path, table: Table, parts: &[Part]) -> Vec<Placed> {
 
 /// In `sfdisk --json` output, the number of the partition that starts at `start` (sectors).
 fn sfdisk_number_at(json: &str, start: u64, disk: &Path) -> Option<u32> {
-    // Entries look like: {"node":"/tmp/x/disk.img5", "start":4096, "size":..., "type":"83"}
-    let prefix = format!("\"node\":\"{}", disk.display());
+    // "node": "/tmp/x/disk.img5",  then  "start": 6144,
+    let prefix = disk.display().to_string();
+    let mut number: Option<u32> = None;
     for line in json.lines() {
-        let l = line.replace(' ', "");
-        if let Some(rest) = l.split_once(&prefix.replace(' ', "")).map(|x| x.1) {
-            let num: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-            let want = format!("\"start\":{start},");
-            if l.contains(&want) {
-                return num.parse().ok();
+        let l = line.trim().trim_end_matches(',');
+        if let Some(v) = l.strip_prefix("\"node\":") {
+            let v = v.trim().trim_matches('"');
+            number = v.strip_prefix(&prefix).and_then(|n| n.parse().ok());
+        } else if let Some(v) = l.strip_prefix("\"start\":") {
+            if v.trim().parse::<u64>().ok() == Some(start) {
+                return number;
             }
         }
     }
@@ -1217,15 +1221,21 @@ pub struct MountSpec {
 }
 
 impl MountSpec {
+    /// `-o O` exactly.
     pub fn opts(o: &str) -> MountSpec {
         MountSpec { args: vec!["-o".into(), o.into()], ..Default::default() }
+    }
+    /// `-o ro[,O]`.
+    pub fn ro(o: &str) -> MountSpec {
+        Self::opts(&if o.is_empty() { "ro".to_string() } else { format!("ro,{o}") })
     }
 }
 
 impl Mounted {
-    /// Mounts `image` in the background on a fresh mount point; panics if that fails.
+    /// Mounts `image` read-only (`-o ro`) in the background on a fresh mount point; panics if
+    /// that fails. Read-only mounts share the image lock, so tests may mount one image often.
     pub fn new(image: &Path) -> Mounted {
-        Self::with(image, MountSpec::default())
+        Self::with(image, MountSpec::ro(""))
     }
 
     pub fn with(image: &Path, spec: MountSpec) -> Mounted {
@@ -1288,13 +1298,15 @@ impl Mounted {
         let res = std::thread::scope(|s| {
             let hung = &hung;
             s.spawn(move || {
-                if rx.recv_timeout(limit).is_err() {
+                // Disconnected (f panicked and dropped tx) is not a hang.
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
                     hung.store(true, Ordering::SeqCst);
                     if let Some(c) = self.conn {
                         let _ = fs::write(format!("/sys/fs/fuse/connections/{c}/abort"), "1");
                     }
                 }
             });
+            let tx = tx; // dropped here if f panics, which ends the watchdog
             let r = f();
             let _ = tx.send(());
             r
@@ -1318,10 +1330,20 @@ impl Mounted {
     fn teardown(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
         if is_mounted(&self.mnt) {
-            let out = match self.user {
+            let try_unmount = || match self.user {
                 Some((uid, gid)) => as_user(uid, gid, "fusermount3", &[OsStr::new("-u"), self.mnt.as_os_str()]),
                 None => run(tool("fusermount3").arg("-u").arg(&self.mnt)),
             };
+            let mut out = try_unmount();
+            // EBUSY can be transient: a child that another test thread forks inherits our open
+            // files until it execs.
+            for _ in 0..20 {
+                if out.ok() || !out.stderr.contains("busy") {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                out = try_unmount();
+            }
             if !out.ok() {
                 problems.push(format!("fusermount3 -u: {}", out.stderr.trim()));
                 // Only this path, lazily.
@@ -1724,7 +1746,8 @@ pub struct DebugfsEntry {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
-    pub size: u64,
+    /// `ls -p` gives sizes of regular files only.
+    pub size: Option<u64>,
 }
 
 /// The whole tree of an image as debugfs sees it: "/path" -> entry (the root is "/").
@@ -1740,7 +1763,7 @@ pub fn debugfs_tree(img: &Path) -> BTreeMap<String, DebugfsEntry> {
         let gid = it.next()?.parse().ok()?;
         let rest = it.next()?;
         let (name, size) = rest.rsplit_once('/')?;
-        Some((name.to_string(), DebugfsEntry { mode, uid, gid, size: size.parse().unwrap_or(0) }))
+        Some((name.to_string(), DebugfsEntry { mode, uid, gid, size: size.parse().ok() }))
     }
     let mut out = BTreeMap::new();
     let mut todo = vec!["/".to_string()];
@@ -1773,7 +1796,7 @@ pub fn compare_with_debugfs(img: &Path, mnt: &Path) -> Vec<String> {
     let mut todo = vec![String::from("/")];
     match fs::symlink_metadata(mnt) {
         Ok(m) => {
-            have.insert("/".to_string(), DebugfsEntry { mode: m.mode(), uid: m.uid(), gid: m.gid(), size: m.size() });
+            have.insert("/".to_string(), DebugfsEntry { mode: m.mode(), uid: m.uid(), gid: m.gid(), size: Some(m.size()) });
         }
         Err(e) => diffs.push(format!("/: lstat: {e}")),
     }
@@ -1800,7 +1823,7 @@ pub fn compare_with_debugfs(img: &Path, mnt: &Path) -> Vec<String> {
                     if m.is_dir() {
                         todo.push(path.clone());
                     }
-                    have.insert(path, DebugfsEntry { mode: m.mode(), uid: m.uid(), gid: m.gid(), size: m.size() });
+                    have.insert(path, DebugfsEntry { mode: m.mode(), uid: m.uid(), gid: m.gid(), size: Some(m.size()) });
                 }
                 Err(err) => diffs.push(format!("{path}: lstat: {}", errno_str(&err))),
             }
@@ -1809,7 +1832,9 @@ pub fn compare_with_debugfs(img: &Path, mnt: &Path) -> Vec<String> {
     for (p, w) in &want {
         match have.get(p) {
             None => diffs.push(format!("{p}: missing on the mount")),
-            Some(h) if h != w => diffs.push(format!("{p}: mount has {h:?}, debugfs {w:?}")),
+            Some(h) if (h.mode, h.uid, h.gid) != (w.mode, w.uid, w.gid) || (w.size.is_some() && h.size != w.size) => {
+                diffs.push(format!("{p}: mount has {h:?}, debugfs {w:?}"))
+            }
             Some(_) => {}
         }
     }
@@ -1817,6 +1842,20 @@ pub fn compare_with_debugfs(img: &Path, mnt: &Path) -> Vec<String> {
         diffs.push(format!("{p}: on the mount, not in debugfs's listing"));
     }
     diffs
+}
+
+/// Link counts of these paths ("/a/b") as debugfs reads them (one debugfs run).
+pub fn debugfs_links(img: &Path, paths: &[String]) -> BTreeMap<String, u64> {
+    let cmds: String = paths.iter().map(|p| format!("stat \"{p}\"\n")).collect();
+    let out = debugfs(img, false, &cmds).stdout;
+    let mut links = BTreeMap::new();
+    for chunk in out.split("debugfs: stat \"").skip(1) {
+        let Some((path, rest)) = chunk.split_once('"') else { continue };
+        if let Some(n) = rest.split("Links: ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()) {
+            links.insert(path.to_string(), n);
+        }
+    }
+    links
 }
 
 /// Expects an io::Result to be the error `errno`.
@@ -1849,4 +1888,52 @@ pub fn os(p: &Path) -> &OsStr {
 /// Reads a whole file into a Vec, as a helper that keeps errors as values.
 pub fn read_all(p: &Path) -> io::Result<Vec<u8>> {
     fs::read(p)
+}
+
+// ---------------------------------------------------------------------------------------
+// FFS images (makefs) and the checker binary
+
+/// The `rumpfs-fsck` binary: `$RUMPFS_FSCK_BIN`, else next to `rumpfs-mount`.
+pub fn fsck_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("RUMPFS_FSCK_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = mount_bin().with_file_name("rumpfs-fsck");
+    assert!(p.is_file(), "{} is missing; build it: cargo build --release -p rumpfs-mount --bins", p.display());
+    p
+}
+
+/// A source tree for makefs: every kind of file, boundary sizes, a big directory (built once
+/// per test process, in the shared directory).
+pub fn ffs_tree() -> &'static SourceTree {
+    static TREE: OnceLock<SourceTree> = OnceLock::new();
+    TREE.get_or_init(|| {
+        let root = shared_subdir("ffs-src").join("tree");
+        let spec = TreeSpec { seed: 0xff5, full: true, big_dir_entries: 3000, sparse_5g: false, wide_times: true };
+        let tree = make_tree(&root, spec, "ffs");
+        // Sizes at the FFS block-map boundaries for 4k..64k blocks (direct, single, double).
+        let mut rng = Rng::new(99);
+        let ffs = root.join("ffs-sizes");
+        fs::create_dir(&ffs).unwrap();
+        for (name, size) in [
+            ("frag-tail-1", 4096 * 3 + 1),
+            ("b4k-direct-end", 12 * 4096),
+            ("b4k-single", 12 * 4096 + 1),
+            ("b4k-double", (12 + 512) * 4096 + 3),
+            ("b8k-double", (12 + 1024) * 8192 + 100),
+            ("b64k-direct-plus", 12 * 65536 + 77),
+        ] {
+            let mut data = vec![0u8; size];
+            rng.fill(&mut data);
+            fs::write(ffs.join(name), data).unwrap();
+        }
+        set_mtime(&ffs, 1_200_000_000, 0);
+        tree
+    })
+}
+
+/// `makefs -t ffs -B order -o opts -s 64m -f 20% img src` (Debian's NetBSD makefs).
+pub fn makefs(img: &Path, src: &Path, opts: &str, order: &str) {
+    let out = run(tool("makefs").args(["-t", "ffs", "-B", order, "-o", opts, "-s", "64m", "-f", "20%"]).arg(img).arg(src));
+    assert!(out.ok(), "makefs -o {opts}: {}\n{}", out.stdout, out.stderr);
 }
