@@ -435,6 +435,14 @@ def report(results, facts, meta, peaks, checks, kinds):
                      f"{fmt(med.get(('fuse2fs', w)), unit):>10}"
                      f"{fmt(med.get(('rumpfs', w)), unit):>10}"
                      f"{rfs:>11}{rks:>10}  {', '.join(tparts):<30}{verdict:>6}")
+    if "rumpfs" in kinds and "fuse2fs" in kinds and meta["runs"] > 1:
+        lines.append("")
+        lines.append("rumpfs/fuse2fs within each run (min, median, max), to show the noise:")
+        for w, label, _unit, _hb in WORKLOADS:
+            per = [a / b for a, b in zip(results["rumpfs"][w], results["fuse2fs"][w]) if a and b]
+            if per:
+                lines.append(f"  {label:<32}{min(per):6.2f}x {statistics.median(per):6.2f}x "
+                             f"{max(per):6.2f}x")
     lines.append("")
     for k in kinds:
         if k == "kernel" or k not in peaks:
