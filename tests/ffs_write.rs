@@ -370,6 +370,9 @@ fn check_image(img: &Path) -> Vec<String> {
     }
     for (&ino, &(_, nlink)) in &used_inodes {
         let l = links.get(&ino).copied().unwrap_or(0);
+        if nlink == 0 {
+            bad.push(format!("inode {ino}: in use with no links (an orphan)"));
+        }
         if l != nlink {
             bad.push(format!("inode {ino}: link count {nlink}, {l} directory entries"));
         }
@@ -685,9 +688,439 @@ fn kernel_ops_ufs2_be_16k() {
     kernel_ops(UFS2_BE_16K);
 }
 
-#[allow(dead_code)]
-fn _unused(_: &File, _: &OpenOptions, _: &Command, _: io::Result<()>) {}
-#[allow(dead_code)]
-fn _unused2(f: &File) -> io::Result<usize> {
-    f.read_at(&mut [0u8; 1], 0)
+
+// ---------------------------------------------------------------------------------------------
+// Through FUSE, with the real rumpfs-mount
+
+fn setup() {
+    require_tools(&["makefs", "fusermount3", "cp"]);
+}
+
+fn rw() -> MountSpec {
+    MountSpec::opts("rw")
+}
+
+/// (free fragments, total fragments, free inodes) from statvfs.
+fn statvfs(p: &Path) -> (u64, u64, u64) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a zeroed statvfs is a valid out-parameter; valid path.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
+    assert_eq!(rc, 0);
+    (s.f_bfree, s.f_blocks, s.f_ffree)
+}
+
+/// The free counts the image's superblock totals give: (free fragments, free inodes).
+fn sb_free(img: &Path) -> (u64, u64) {
+    let d = fs::read(img).unwrap();
+    let sb = read_sb(&d);
+    let r = &sb.raw;
+    (sb.u64(r, 1016) * sb.frag + sb.u64(r, 1032), sb.u64(r, 1024))
+}
+
+/// `fls -r -p` of the image: path -> inode.
+fn tsk_listing(img: &Path) -> BTreeMap<String, u64> {
+    let out = run_ok(tool("fls").args(["-r", "-p"]).arg(img));
+    let mut map = BTreeMap::new();
+    for line in out.stdout.lines() {
+        let Some((head, path)) = line.split_once(":\t") else { continue };
+        if head.contains('*') || path.starts_with("$OrphanFiles") {
+            continue;
+        }
+        let ino: u64 = head.rsplit(' ').next().unwrap().trim_end_matches(|c: char| !c.is_ascii_digit()).parse().unwrap();
+        map.insert(path.to_string(), ino);
+    }
+    map
+}
+
+/// Sleuth Kit reads the image we wrote: the same names and inode numbers as the mount, and
+/// the same bytes (`icat`) for every regular file.
+fn sleuthkit_agrees(img: &Path, what: &str) {
+    require_tools(&["fls", "icat"]);
+    let theirs = tsk_listing(img);
+    let m = Mounted::with(img, MountSpec::ro(""));
+    let mut ours = BTreeMap::new();
+    fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<String, (u64, bool, PathBuf)>) {
+        for e in fs::read_dir(root.join(rel)).unwrap() {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            let md = fs::symlink_metadata(root.join(&r)).unwrap();
+            use std::os::unix::fs::MetadataExt;
+            out.insert(r.to_str().unwrap().to_string(), (md.ino(), md.is_file(), root.join(&r)));
+            if md.is_dir() {
+                walk(root, &r, out);
+            }
+        }
+    }
+    walk(&m.mnt, Path::new(""), &mut ours);
+    let on: Vec<&String> = ours.keys().collect();
+    let tn: Vec<&String> = theirs.keys().collect();
+    assert_eq!(on, tn, "{what}: names, ours vs Sleuth Kit");
+    let mut checked = 0;
+    for (path, (ino, is_file, full)) in &ours {
+        assert_eq!(theirs[path], *ino, "{what}: {path}: inode number");
+        if *is_file && checked < 400 {
+            checked += 1;
+            let raw = Command::new(find_tool("icat").unwrap()).arg(img).arg(ino.to_string()).output().unwrap();
+            assert!(raw.status.success(), "{what}: icat {ino}");
+            let mine = fs::read(full).unwrap();
+            assert!(raw.stdout == mine, "{what}: {path}: icat gives {} bytes that differ from ours ({} bytes)", raw.stdout.len(), mine.len());
+        }
+    }
+    m.unmount();
+}
+
+/// cp -a of a generated tree into a fresh image; the checker, a remount compared with the
+/// source, Sleuth Kit for UFS1; then everything removed again.
+fn unpack(k: Kind) {
+    setup();
+    let d = tempdir();
+    let src = d.path().join("src");
+    let spec = TreeSpec { seed: 0xff5_0001, full: true, big_dir_entries: 1500, sparse_5g: false, wide_times: k.version == 2 };
+    make_tree(&src, spec, k.name);
+    let img = empty_image(d.path(), k, "160m", "");
+    let (free0, _, ifree0) = {
+        let m = Mounted::with(&img, MountSpec::ro(""));
+        let s = statvfs(&m.mnt);
+        m.unmount();
+        s
+    };
+    {
+        let m = Mounted::with(&img, rw());
+        let out = run(tool("cp").arg("-a").arg(format!("{}/.", src.display())).arg(&m.mnt));
+        assert!(out.ok(), "{}: cp -a into the mount: {}", k.name, out.stderr);
+        m.unmount();
+    }
+    assert_consistent(&img, &format!("{}: after cp -a", k.name));
+    let opts = CompareOpts { xattrs: false, lost_found: false, ..CompareOpts::default() };
+    {
+        let m = Mounted::with(&img, MountSpec::ro(""));
+        assert_trees_equal(&src, &m.mnt, &opts);
+        m.unmount();
+    }
+    if k.version == 1 {
+        sleuthkit_agrees(&img, &format!("{}: after cp -a", k.name));
+    }
+    {
+        let m = Mounted::with(&img, rw());
+        for e in fs::read_dir(&m.mnt).unwrap() {
+            let p = e.unwrap().path();
+            let out = run(tool("rm").arg("-rf").arg(&p));
+            assert!(out.ok(), "rm -rf {}: {}", p.display(), out.stderr);
+        }
+        m.unmount();
+    }
+    assert_consistent(&img, &format!("{}: after rm -rf", k.name));
+    let m = Mounted::with(&img, MountSpec::ro(""));
+    let (free, _, ifree) = statvfs(&m.mnt);
+    let root_blocks = {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(&m.mnt).unwrap().blocks() * 512 / u64::from(k.fsize)
+    };
+    m.unmount();
+    assert_eq!(ifree, ifree0, "{}: free inodes after removing everything", k.name);
+    // Everything comes back but what the root directory grew by.
+    assert!(free + root_blocks >= free0 && free <= free0, "{}: free fragments {free} (+{root_blocks} in the root), before {free0}", k.name);
+}
+
+#[test]
+fn unpack_ufs1_le_8k() {
+    unpack(UFS1_LE_8K);
+}
+#[test]
+fn unpack_ufs2_be_32k() {
+    unpack(Kind { name: "ufs2-be-32k", version: 2, order: "be", bsize: 32768, fsize: 4096 });
+}
+
+fn errno_of<T>(r: &io::Result<T>) -> Option<i32> {
+    r.as_ref().err().map(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+/// One random operation, done on both trees; the outcomes must agree.
+fn random_op(rng: &mut Rng, roots: [&Path; 2], own: &str, shared: &str) -> Result<(), String> {
+    let f = |r: &mut Rng| format!("{own}/f{}", r.below(24));
+    let dname = |r: &mut Rng| format!("{own}/d{}", r.below(4));
+    let op = rng.below(100);
+    let a = f(rng);
+    let b = if rng.below(3) == 0 { format!("{}/g{}", dname(rng), rng.below(6)) } else { f(rng) };
+    let off = rng.below(300_000);
+    let big = rng.below(4) == 0;
+    let len = 1 + rng.below(if big { 200_000 } else { 9000 }) as usize;
+    let mut data = vec![0u8; len];
+    rng.fill(&mut data);
+    let size = rng.below(400_000);
+    let target: String = (0..1 + rng.below(150)).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let sh = format!("{shared}/{}", own.replace('/', "_") + &rng.below(8).to_string());
+    let mut results = Vec::new();
+    for root in roots {
+        let p = |s: &str| root.join(s);
+        let r: io::Result<()> = match op {
+            0..=34 => OpenOptions::new().create(true).write(true).truncate(false).open(p(&a)).and_then(|fh| fh.write_all_at(&data, off)),
+            35..=44 => OpenOptions::new().write(true).open(p(&a)).and_then(|fh| fh.set_len(size)),
+            45..=54 => fs::rename(p(&a), p(&b)),
+            55..=63 => fs::remove_file(p(&a)),
+            64..=68 => fs::hard_link(p(&a), p(&b)),
+            69..=73 => std::os::unix::fs::symlink(&target, p(&b)),
+            74..=78 => OpenOptions::new().create(true).append(true).open(p(&a)).and_then(|mut fh| io::Write::write_all(&mut fh, &data[..len.min(700)])),
+            79..=83 => fs::create_dir(p(&dname(&mut Rng::new(off)))),
+            84..=86 => fs::remove_dir(p(&dname(&mut Rng::new(off)))),
+            87..=89 => fs::rename(p(&dname(&mut Rng::new(off))), p(&dname(&mut Rng::new(size)))),
+            90..=95 => fs::write(p(&sh), &data[..len.min(3000)]),
+            _ => fs::remove_file(p(&sh)),
+        };
+        results.push(r);
+    }
+    if errno_of(&results[0]) != errno_of(&results[1]) {
+        return Err(format!("op {op} on {a} / {b}: mount {:?}, tmpfs {:?}", results[0], results[1]));
+    }
+    Ok(())
+}
+
+/// Sets atime and mtime of everything below `root` to fixed values.
+fn pin_times(root: &Path) {
+    fn walk(p: &Path) {
+        let md = fs::symlink_metadata(p).unwrap();
+        if md.is_dir() {
+            for e in fs::read_dir(p).unwrap() {
+                walk(&e.unwrap().path());
+            }
+        }
+        let ts = [libc::timespec { tv_sec: 1_000_000_000, tv_nsec: 5 }, libc::timespec { tv_sec: 1_234_567_890, tv_nsec: 123_456_789 }];
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated path and a two-element timespec array.
+        let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+        assert_eq!(rc, 0, "utimensat {}: {}", p.display(), io::Error::last_os_error());
+    }
+    walk(root);
+}
+
+/// Seeded random creates, writes, truncates, renames, links and removals from four threads,
+/// mirrored on tmpfs; after a remount both trees compare equal byte for byte.
+fn random_mix(k: Kind, seed: u64) {
+    setup();
+    let d = tempdir();
+    let img = empty_image(d.path(), k, "128m", "");
+    let reference = tempfile::Builder::new().prefix("rumpfs-ref-").tempdir_in("/dev/shm").unwrap();
+    let m = Mounted::with(&img, rw());
+    const THREADS: u64 = 4;
+    const OPS: u64 = 500;
+    for root in [m.mnt.as_path(), reference.path()] {
+        fs::create_dir(root.join("shared")).unwrap();
+        for t in 0..THREADS {
+            fs::create_dir(root.join(format!("t{t}"))).unwrap();
+        }
+    }
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let roots = [m.mnt.as_path(), reference.path()];
+                s.spawn(move || {
+                    let mut rng = Rng::new(seed * 1000 + t);
+                    let own = format!("t{t}");
+                    (0..OPS).filter_map(|_| random_op(&mut rng, roots, &own, "shared").err()).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert!(failures.is_empty(), "{}: outcomes differ from tmpfs:\n  {}", k.name, failures.join("\n  "));
+    pin_times(&m.mnt);
+    pin_times(reference.path());
+    m.unmount();
+    assert_consistent(&img, &format!("{}: after random operations", k.name));
+    let opts = CompareOpts { xattrs: false, lost_found: false, sparse_threshold: u64::MAX, ..CompareOpts::default() };
+    let m = Mounted::with(&img, MountSpec::ro(""));
+    assert_trees_equal(reference.path(), &m.mnt, &opts);
+    m.unmount();
+    if k.version == 1 {
+        sleuthkit_agrees(&img, &format!("{}: after random operations", k.name));
+    }
+}
+
+#[test]
+fn random_mix_ufs1_be_4k() {
+    random_mix(UFS1_BE_4K, 1);
+}
+#[test]
+fn random_mix_ufs1_le_8k() {
+    random_mix(UFS1_LE_8K, 2);
+}
+#[test]
+fn random_mix_ufs2_le_32k() {
+    random_mix(UFS2_LE_32K, 3);
+}
+#[test]
+fn random_mix_ufs2_be_16k() {
+    random_mix(UFS2_BE_16K, 4);
+}
+
+/// Files of random sizes until ENOSPC, then empty files until the inodes run out, then half
+/// of it all removed: the checker, and statfs against the superblock totals.
+fn fill_and_delete_half(k: Kind) {
+    setup();
+    let d = tempdir();
+    let img = empty_image(d.path(), k, "24m", "");
+    let m = Mounted::with(&img, rw());
+    let mut rng = Rng::new(99);
+    let mut files = Vec::new();
+    let mut full = false;
+    for i in 0.. {
+        let p = m.path(&format!("d{}/f{i}", i % 7));
+        let _ = fs::create_dir(p.parent().unwrap());
+        let mut data = vec![0u8; 1 + rng.below(1 << 20) as usize];
+        rng.fill(&mut data);
+        match fs::write(&p, &data) {
+            Ok(()) => files.push(p),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{}: write {}: {e}", k.name, p.display());
+                full = true;
+                let _ = fs::remove_file(&p);
+                break;
+            }
+        }
+    }
+    assert!(full);
+    // Small files use the fragments left.
+    for i in 0.. {
+        let p = m.path(&format!("e/f{i}"));
+        let _ = fs::create_dir(m.path("e"));
+        let r = File::create(&p).and_then(|f| f.write_all_at(b"x", 0));
+        match r {
+            Ok(()) => files.push(p),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{}: create {}: {e}", k.name, p.display());
+                let _ = fs::remove_file(&p);
+                break;
+            }
+        }
+    }
+    let (bfree, _, ffree) = statvfs(&m.mnt);
+    assert!(bfree < 64 || ffree == 0, "{}: not full: {bfree} free fragments, {ffree} inodes", k.name);
+    for (i, p) in files.iter().enumerate() {
+        if i % 2 == 0 {
+            fs::remove_file(p).unwrap();
+        }
+    }
+    m.unmount();
+    assert_consistent(&img, &format!("{}: after filling and deleting half", k.name));
+    let m = Mounted::with(&img, MountSpec::ro(""));
+    let (bfree, _, ffree) = statvfs(&m.mnt);
+    for (i, p) in files.iter().enumerate() {
+        if i % 2 == 1 {
+            let rel = p.strip_prefix(&m.mnt).unwrap_or(p);
+            assert!(fs::metadata(m.mnt.join(rel)).is_ok());
+        }
+    }
+    m.unmount();
+    assert_eq!((bfree, ffree), sb_free(&img), "{}: statfs against the superblock totals", k.name);
+}
+
+#[test]
+fn fill_ufs1_le_8k() {
+    fill_and_delete_half(UFS1_LE_8K);
+}
+#[test]
+fn fill_ufs2_be_16k() {
+    fill_and_delete_half(UFS2_BE_16K);
+}
+
+/// A 6 GiB sparse file (double and triple indirect blocks on 4k/8k blocks): data at a few
+/// offsets, holes stay holes, then truncated down and removed.
+#[test]
+fn large_sparse_file() {
+    setup();
+    for k in [UFS2_LE_32K, UFS1_LE_8K] {
+        let d = tempdir();
+        let img = empty_image(d.path(), k, "64m", "");
+        let regions: [(u64, usize); 5] = [(0, 5000), (1 << 30, 70_000), ((4 << 30) + 3, 100), ((6 << 30) - 10, 10), (12 * 8192 + 1, 9000)];
+        let mut rng = Rng::new(6);
+        let datas: Vec<Vec<u8>> = regions.iter().map(|&(_, n)| {
+            let mut v = vec![0u8; n];
+            rng.fill(&mut v);
+            v
+        }).collect();
+        {
+            let m = Mounted::with(&img, rw());
+            let f = File::create(m.path("sparse")).unwrap();
+            for ((off, _), data) in regions.iter().zip(&datas) {
+                f.write_all_at(data, *off).unwrap();
+            }
+            f.sync_all().unwrap();
+            use std::os::unix::fs::MetadataExt;
+            let md = f.metadata().unwrap();
+            assert_eq!(md.len(), 6 << 30);
+            assert!(md.blocks() * 512 < 4 << 20, "{}: a sparse file holds {} bytes", k.name, md.blocks() * 512);
+            drop(f);
+            m.unmount();
+        }
+        assert_consistent(&img, &format!("{}: sparse file", k.name));
+        {
+            let m = Mounted::with(&img, rw());
+            let f = File::open(m.path("sparse")).unwrap();
+            for ((off, n), data) in regions.iter().zip(&datas) {
+                let mut buf = vec![0u8; *n + 64];
+                let got = f.read_at(&mut buf, *off).unwrap();
+                assert!(got >= (*n).min(64), "{}", k.name);
+                assert!(buf[..*n] == data[..], "{}: region at {off}", k.name);
+            }
+            let mut buf = vec![1u8; 4096];
+            f.read_at(&mut buf, 2 << 30).unwrap();
+            assert!(buf.iter().all(|&b| b == 0), "{}: a hole reads as zeros", k.name);
+            drop(f);
+            OpenOptions::new().write(true).open(m.path("sparse")).unwrap().set_len((1 << 30) + 5).unwrap();
+            m.unmount();
+        }
+        assert_consistent(&img, &format!("{}: sparse file truncated", k.name));
+        {
+            let m = Mounted::with(&img, rw());
+            fs::remove_file(m.path("sparse")).unwrap();
+            m.unmount();
+        }
+        assert_consistent(&img, &format!("{}: sparse file removed", k.name));
+    }
+}
+
+/// The state a BSD system sees: not clean while mounted read-write, clean after; soft
+/// updates flags cleared while mounted and restored; a journaled image that is not clean is
+/// refused read-write.
+#[test]
+fn clean_flag_and_soft_updates() {
+    setup();
+    let d = tempdir();
+    let k = UFS2_LE_32K;
+    let img = empty_image(d.path(), k, "16m", "");
+    let sb_loc = {
+        let data = fs::read(&img).unwrap();
+        let sb = read_sb(&data);
+        let _ = sb;
+        if u32::from_le_bytes(data[65536 + 1372..65536 + 1376].try_into().unwrap()) == 0x19540119 { 65536u64 } else { 8192 }
+    };
+    let set_flags = |flags: u32, clean: u8| {
+        let f = OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&flags.to_le_bytes(), sb_loc + 1312).unwrap();
+        f.write_all_at(&[clean], sb_loc + 209).unwrap();
+    };
+    let get = || {
+        let data = fs::read(&img).unwrap();
+        let at = sb_loc as usize;
+        (u32::from_le_bytes(data[at + 1312..at + 1316].try_into().unwrap()), data[at + 209])
+    };
+    set_flags(0x02, 1); // FS_DOSOFTDEP, clean
+    {
+        let m = Mounted::with(&img, rw());
+        assert_eq!(get(), (0, 0), "soft updates cleared and not clean while mounted");
+        fs::write(m.path("f"), b"data").unwrap();
+        m.unmount();
+    }
+    assert_eq!(get(), (0x02, 1), "flags and clean state restored at unmount");
+    assert_consistent(&img, "soft updates image");
+    set_flags(0x08 | 0x02, 0); // FS_SUJ, not clean
+    let out = Mounted::try_with(&img, rw()).err().expect("a dirty journaled image mounts read-write");
+    assert!(out.stderr.contains("journal") || out.stderr.contains("not clean"), "{}", out.stderr);
+    let m = Mounted::with(&img, MountSpec::ro(""));
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"data");
+    m.unmount();
+    set_flags(0x02, 1);
+    let _ = Errno::EIO;
 }

@@ -750,6 +750,18 @@ impl FileSystem for FfsFs {
         Ok(self.attr(vn.ino, &st.inode))
     }
 
+    fn setxattr(&self, _vn: &Vnode, _name: &[u8], _value: &[u8], _flags: vfs_faction::XattrFlags) -> KResult<()> {
+        // UFS2 extended attribute areas are not written (yet): callers such as cp fall back
+        // to plain permissions on EOPNOTSUPP.
+        self.ro()?;
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    fn removexattr(&self, _vn: &Vnode, _name: &[u8]) -> KResult<()> {
+        self.ro()?;
+        Err(Errno::EOPNOTSUPP)
+    }
+
     fn fsync(&self, _vn: &Vnode, _datasync: bool) -> KResult<()> {
         if self.read_only {
             return Ok(());

@@ -271,20 +271,21 @@ impl FfsFs {
     }
 
     /// Before the file grows into block `lbn`: a last block that is a fragment run becomes a
-    /// whole block (only the last block of a file may be partial).
-    fn grow_last(&self, ino: u32, inode: &mut Inode, lbn: u64) -> KResult<()> {
+    /// whole block (only the last block of a file may be partial). Returns what was grown
+    /// (block, its address now, fragments it had), so a failure after it can undo it.
+    fn grow_last(&self, ino: u32, inode: &mut Inode, lbn: u64) -> KResult<Option<(u64, u64, u32)>> {
         let size = inode.size;
         if size == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let nb = (size - 1) / self.bs();
         if nb >= NDADDR as u64 || nb >= lbn {
-            return Ok(());
+            return Ok(None);
         }
         let have = self.frags_for(size, nb);
         let cur = inode.db[nb as usize];
         if cur == 0 || have == self.sb.frag {
-            return Ok(());
+            return Ok(None);
         }
         // The new fragments must read as zeros.
         let new = self.resize_frags(ino, inode, nb, cur, have, self.sb.frag)?;
@@ -292,7 +293,20 @@ impl FfsFs {
         for k in have..self.sb.frag {
             self.dev.bwrite(new + u64::from(k), vec![0u8; fs])?;
         }
-        Ok(())
+        Ok(Some((nb, new, have)))
+    }
+
+    /// Undoes a [`FfsFs::grow_last`] whose file did not grow past the block after all: the
+    /// block keeps only the fragments its size needs.
+    fn ungrow_last(&self, inode: &mut Inode, grown: Option<(u64, u64, u32)>) {
+        let Some((nb, addr, have)) = grown else { return };
+        if inode.size > (nb + 1) * self.bs() || have >= self.sb.frag {
+            return;
+        }
+        let extra = self.sb.frag - have;
+        if self.free_list(&[(addr + u64::from(have), extra)]).is_ok() {
+            inode.blocks = inode.blocks.saturating_sub(self.units(extra));
+        }
     }
 
     /// Zeroes the bytes after `from` in the fragment that holds byte `from` (file data past
@@ -366,9 +380,10 @@ impl FfsFs {
         let mut lbn = off / bs;
         let last = (end - 1) / bs;
         while lbn <= last {
+            let mut grown = None;
             let r = (|| -> KResult<()> {
                 let inode = &mut st.inode;
-                self.grow_last(ino, inode, lbn)?;
+                grown = self.grow_last(ino, inode, lbn)?;
                 let size_now = inode.size;
                 let block_end = (lbn + 1) * bs;
                 let size_after = size_now.max(end.min(block_end));
@@ -396,6 +411,7 @@ impl FfsFs {
                 Ok(())
             })();
             if let Err(e) = r {
+                self.ungrow_last(&mut st.inode, grown);
                 let done = st.inode.size.clamp(off, end) - off;
                 return (done, Err(e));
             }
