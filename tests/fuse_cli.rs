@@ -713,3 +713,43 @@ fn extent_tree_loop_gives_eio_not_a_hang() {
     assert!(diffs.is_empty(), "{diffs:#?}");
     assert!(m.alive());
 }
+
+/// The comparison can fail: two trees from the same seed differ only where we change them,
+/// and every change is reported (not just the first).
+#[test]
+fn harness_reports_every_difference() {
+    require_tools(TOOLS);
+    let d = tempdir();
+    let a = make_tree(&d.path().join("a"), TreeSpec::SMALL, "same");
+    let b = make_tree(&d.path().join("b"), TreeSpec::SMALL, "same");
+    let opts = CompareOpts { lost_found: false, ..Default::default() };
+    let none = compare_trees(&a.root, &b.root, &opts);
+    assert!(none.is_empty(), "identical trees differ: {none:#?}");
+    let r = |p: &str| b.root.join(p);
+    fs::write(r("marker"), b"tree other\n").unwrap();
+    chmod(&r("files/hello.txt"), 0o640);
+    lchown(&r("perm/public"), 4242, 77);
+    set_mtime(&r("files/one-byte"), 1, 5);
+    lsetxattr(&r("xattr/small"), "user.a", b"2");
+    fs::remove_file(r("hard/b")).unwrap();
+    fs::write(r("extra"), b"").unwrap();
+    std::os::unix::fs::symlink("elsewhere", r("links/to-hello-2")).unwrap();
+    fs::remove_file(r("links/dangling")).unwrap();
+    std::os::unix::fs::symlink("changed", r("links/dangling")).unwrap();
+    let diffs = compare_trees(&a.root, &b.root, &opts);
+    let has = |path: &str, what: &str| diffs.iter().any(|d| d.starts_with(path) && d.contains(what));
+    for (p, w) in [
+        ("/marker", "content"),
+        ("/files/hello.txt", "mode"),
+        ("/perm/public", "owner"),
+        ("/files/one-byte", "mtime"),
+        ("/xattr/small", "xattrs"),
+        ("/hard/b", "missing"),
+        ("/hard/a", "nlink"),
+        ("/extra", "not in the source"),
+        ("/links/to-hello-2", "not in the source"),
+        ("/links/dangling", "symlink target"),
+    ] {
+        assert!(has(p, w), "no {w:?} difference for {p} in {diffs:#?}");
+    }
+}
