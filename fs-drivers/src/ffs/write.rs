@@ -309,26 +309,30 @@ impl FfsFs {
         }
     }
 
-    /// Zeroes the bytes after `from` in the fragment that holds byte `from` (file data past
-    /// the end of file must read as zeros when the file grows).
+    /// Zeroes the bytes after `from` in the block that holds byte `from`, up to the end of
+    /// the fragments the block holds (data past the end of file must read as zeros when the
+    /// file grows again). `inode.size` is the size the file has now.
     fn zero_after(&self, ino: u32, inode: &Inode, from: u64) -> KResult<()> {
         let fs = self.fsz();
-        if from % fs == 0 {
+        let bs = self.bs();
+        if from % bs == 0 {
             return Ok(());
         }
-        let bs = self.bs();
         let lbn = from / bs;
         let p = self.ptr(ino, inode, lbn)?;
         if p == 0 {
             return Ok(());
         }
-        let f = p + (from % bs) / fs;
-        let k = (from % fs) as usize;
-        let buf = self.dev.bread(f)?;
-        if buf[k..].iter().any(|&x| x != 0) {
-            let mut b = buf.to_vec();
-            b[k..].fill(0);
-            self.dev.bwrite(f, b)?;
+        let nfr = u64::from(self.frags_for(inode.size.max(from), lbn));
+        for k in (from % bs) / fs..nfr {
+            let f = p + k;
+            let start = (from % bs).saturating_sub(k * fs).min(fs) as usize;
+            let buf = self.dev.bread(f)?;
+            if buf[start..].iter().any(|&x| x != 0) {
+                let mut b = buf.to_vec();
+                b[start..].fill(0);
+                self.dev.bwrite(f, b)?;
+            }
         }
         Ok(())
     }
