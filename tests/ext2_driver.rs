@@ -692,7 +692,7 @@ fn sequential_read_uses_large_device_requests_and_bounded_memory() {
     let img = dir.path().join("fs.img");
     mkfs(&src, &img, "ext4", &[], "128M");
     let k = kernel();
-    let m = mount_dev(&k, Arc::new(MemDisk::from_bytes(std::fs::read(&img).unwrap())), &MountOptions::default())
+    let m = mount_dev(&k, Arc::new(MemDisk::from_bytes(std::fs::read(&img).unwrap())), &MountOptions { read_only: true, ..Default::default() })
         .unwrap();
     let ino = m.lookup(&Cred::root(), m.root(), b"big").unwrap().ino;
     let before = k.buffer_cache().unwrap().stats();
