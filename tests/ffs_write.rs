@@ -4,7 +4,8 @@
 //! cluster maps, `cg_frsum`, every `cg_cs`, the summary area and `fs_cstotal`, link counts
 //! and `di_blocks` to match exactly; a remount shows every byte as written (compared with
 //! the same operations on tmpfs, or with the source tree); Sleuth Kit reads the UFS1 images
-//! we wrote and agrees with us.
+//! we wrote and agrees with us. Where `rumpfs-fsck` is built next to the `rumpfs-mount` under
+//! test, its `-fn` must call every image clean too.
 //!
 //! Images come from Debian's makefs: UFS1 and UFS2, both byte orders, a few block sizes.
 
@@ -524,7 +525,21 @@ fn the_checker_sees_damage() {
     }
 }
 
+/// Our own checker (`rumpfs-fsck`, next to the `rumpfs-mount` under test), when it is built.
+fn fsck_bin() -> Option<PathBuf> {
+    let mount = std::env::var_os("RUMPFS_MOUNT_BIN").map(PathBuf::from).or_else(|| {
+        let exe = std::env::current_exe().ok()?;
+        exe.ancestors().skip(1).find(|d| matches!(d.file_name().and_then(|n| n.to_str()), Some("release" | "debug"))).map(|d| d.join("rumpfs-mount"))
+    })?;
+    let f = mount.with_file_name("rumpfs-fsck");
+    f.is_file().then_some(f)
+}
+
 fn assert_consistent(img: &Path, what: &str) {
+    if let Some(f) = fsck_bin() {
+        let out = run(Command::new(f).arg("-fn").arg(img));
+        assert!(out.code() == Some(0), "{what}: rumpfs-fsck -fn {} exited {:?}:\n{}\n{}", img.display(), out.code(), out.stdout, out.stderr);
+    }
     let bad = check_image(img);
     assert!(bad.is_empty(), "{what}: {} inconsistencies in {}:\n  {}", bad.len(), img.display(), bad.iter().take(40).cloned().collect::<Vec<_>>().join("\n  "));
 }
