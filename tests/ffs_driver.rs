@@ -8,6 +8,7 @@
 //! damaged file, never a panic or a hang, and the rest of the tree stays readable.
 
 use rumpfs_tests as t;
+use t::{ffs_tree, makefs};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
@@ -373,39 +374,6 @@ fn compare(src: &Path, m: &Mount, ufs1: bool) {
         }
     }
     assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.iter().take(30).cloned().collect::<Vec<_>>().join("\n"));
-}
-
-/// A source tree for makefs: every kind of file, boundary sizes, a big directory.
-fn ffs_tree() -> &'static t::SourceTree {
-    static TREE: std::sync::OnceLock<t::SourceTree> = std::sync::OnceLock::new();
-    TREE.get_or_init(|| {
-        let root = t::shared_subdir("ffs-src").join("tree");
-        let spec = t::TreeSpec { seed: 0xff5, full: true, big_dir_entries: 3000, sparse_5g: false, wide_times: true };
-        let tree = t::make_tree(&root, spec, "ffs");
-        // Sizes at the FFS block-map boundaries for 4k..64k blocks (direct, single, double).
-        let mut rng = t::Rng::new(99);
-        let ffs = root.join("ffs-sizes");
-        std::fs::create_dir(&ffs).unwrap();
-        for (name, size) in [
-            ("frag-tail-1", 4096 * 3 + 1),
-            ("b4k-direct-end", 12 * 4096),
-            ("b4k-single", 12 * 4096 + 1),
-            ("b4k-double", (12 + 512) * 4096 + 3),
-            ("b8k-double", (12 + 1024) * 8192 + 100),
-            ("b64k-direct-plus", 12 * 65536 + 77),
-        ] {
-            let mut data = vec![0u8; size];
-            rng.fill(&mut data);
-            std::fs::write(ffs.join(name), data).unwrap();
-        }
-        t::set_mtime(&ffs, 1_200_000_000, 0);
-        tree
-    })
-}
-
-fn makefs(img: &Path, src: &Path, opts: &str, order: &str) {
-    let out = t::run(t::tool("makefs").args(["-t", "ffs", "-B", order, "-o", opts, "-s", "64m", "-f", "20%"]).arg(img).arg(src));
-    assert!(out.ok(), "makefs -o {opts}: {}\n{}", out.stdout, out.stderr);
 }
 
 fn makefs_case(version: u32, order: &str, bsize: u32, fsize: u32) {

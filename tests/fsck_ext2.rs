@@ -16,16 +16,6 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The `rumpfs-fsck` binary: `$RUMPFS_FSCK_BIN`, else next to `rumpfs-mount`.
-fn fsck_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("RUMPFS_FSCK_BIN") {
-        return PathBuf::from(p);
-    }
-    let p = mount_bin().with_file_name("rumpfs-fsck");
-    assert!(p.is_file(), "{} is missing; build it: cargo build --release -p rumpfs-mount --bins", p.display());
-    p
-}
-
 fn ours(args: &[&str], img: &Path) -> Out {
     let mut c = Command::new(fsck_bin());
     c.env_remove("RUST_LOG").args(args).arg(img);

@@ -1937,3 +1937,51 @@ pub fn makefs(img: &Path, src: &Path, opts: &str, order: &str) {
     let out = run(tool("makefs").args(["-t", "ffs", "-B", order, "-o", opts, "-s", "64m", "-f", "20%"]).arg(img).arg(src));
     assert!(out.ok(), "makefs -o {opts}: {}\n{}", out.stdout, out.stderr);
 }
+
+// ---------------------------------------------------------------------------------------
+// FFS images (makefs) and the checker binary
+
+/// The `rumpfs-fsck` binary: `$RUMPFS_FSCK_BIN`, else next to `rumpfs-mount`.
+pub fn fsck_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("RUMPFS_FSCK_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = mount_bin().with_file_name("rumpfs-fsck");
+    assert!(p.is_file(), "{} is missing; build it: cargo build --release -p rumpfs-mount --bins", p.display());
+    p
+}
+
+/// A source tree for makefs: every kind of file, boundary sizes, a big directory (built once
+/// per test process, in the shared directory).
+pub fn ffs_tree() -> &'static SourceTree {
+    static TREE: OnceLock<SourceTree> = OnceLock::new();
+    TREE.get_or_init(|| {
+        let root = shared_subdir("ffs-src").join("tree");
+        let spec = TreeSpec { seed: 0xff5, full: true, big_dir_entries: 3000, sparse_5g: false, wide_times: true };
+        let tree = make_tree(&root, spec, "ffs");
+        // Sizes at the FFS block-map boundaries for 4k..64k blocks (direct, single, double).
+        let mut rng = Rng::new(99);
+        let ffs = root.join("ffs-sizes");
+        fs::create_dir(&ffs).unwrap();
+        for (name, size) in [
+            ("frag-tail-1", 4096 * 3 + 1),
+            ("b4k-direct-end", 12 * 4096),
+            ("b4k-single", 12 * 4096 + 1),
+            ("b4k-double", (12 + 512) * 4096 + 3),
+            ("b8k-double", (12 + 1024) * 8192 + 100),
+            ("b64k-direct-plus", 12 * 65536 + 77),
+        ] {
+            let mut data = vec![0u8; size];
+            rng.fill(&mut data);
+            fs::write(ffs.join(name), data).unwrap();
+        }
+        set_mtime(&ffs, 1_200_000_000, 0);
+        tree
+    })
+}
+
+/// `makefs -t ffs -B order -o opts -s 64m -f 20% img src` (Debian's NetBSD makefs).
+pub fn makefs(img: &Path, src: &Path, opts: &str, order: &str) {
+    let out = run(tool("makefs").args(["-t", "ffs", "-B", order, "-o", opts, "-s", "64m", "-f", "20%"]).arg(img).arg(src));
+    assert!(out.ok(), "makefs -o {opts}: {}\n{}", out.stdout, out.stderr);
+}

@@ -142,6 +142,8 @@ impl<'a> Checker<'a> {
                 let _ = at;
             }
         }
+        let recs = if changed { parse_chunk(self, chunk).0 } else { recs };
+        let recs = if coff == 0 { self.dots(d, chunk, recs, &mut changed) } else { recs };
         let mut prev_live: Option<usize> = None;
         let ninodes = self.sb.ninodes();
         for (idx, r) in recs.iter().enumerate() {
@@ -256,6 +258,41 @@ impl<'a> Checker<'a> {
             self.found[r.ino as usize] = self.found[r.ino as usize].saturating_add(1);
         }
         Ok(changed)
+    }
+
+    /// A first chunk without `.` or `..` where there is room for them: they are written
+    /// (`..` naming the root; pass 3 points it at the parent). Returns the records now.
+    fn dots(&mut self, d: u32, chunk: &mut [u8], recs: Vec<Rec>, changed: &mut bool) -> Vec<Rec> {
+        let o = self.sb.order;
+        let fmt44 = self.sb.fmt44;
+        let dt = dir::kind_dtype(vfs_faction::FileType::Directory);
+        let Some(r0) = recs.first() else { return recs };
+        let (what, at, room) = if r0.ino == 0 && r0.reclen >= 24 {
+            ("'.' and '..' are", 0, r0.reclen)
+        } else if r0.ino != 0 && r0.name == b"." && r0.reclen >= 24 {
+            ("'..' is", 12, r0.reclen - 12)
+        } else if r0.name == b"." && recs.get(1).is_some_and(|r| r.ino == 0 && r.reclen >= 12) {
+            ("'..' is", recs[1].pos, recs[1].reclen)
+        } else {
+            return recs;
+        };
+        let p = self.problem_ino(Level::Yes, PH, d, format!("{what} missing"), Some("add them"));
+        if !self.want(&p) {
+            self.done(p, false);
+            return recs;
+        }
+        if at == 0 {
+            dir::put_record(chunk, 0, o, fmt44, d, 12, dt, b".");
+            dir::put_record(chunk, 12, o, fmt44, ROOTINO, room - 12, dt, b"..");
+        } else {
+            if at == 12 {
+                dir::set_reclen(chunk, 0, o, 12);
+            }
+            dir::put_record(chunk, at, o, fmt44, ROOTINO, room, dt, b"..");
+        }
+        *changed = true;
+        self.done(p, true);
+        parse_chunk(self, chunk).0
     }
 
     /// Adds entry `name` → `ino` to directory `d` (in a record with room; lost+found grows

@@ -222,7 +222,8 @@ impl<'a> Checker<'a> {
                     continue; // pass 3 reported it
                 }
                 let Ok(i) = self.read_inode(ino) else { continue };
-                if nlink == 0 || i.size == 0 {
+                // fsck_ffs clears empty ones when preening, reconnects them otherwise.
+                if nlink == 0 || (i.size == 0 && self.repair == vfs_faction::Repair::Preen) {
                     let m = if nlink == 0 {
                         "unreferenced inode with link count 0 (removed while open)".to_string()
                     } else {
@@ -237,13 +238,24 @@ impl<'a> Checker<'a> {
                     continue;
                 }
             }
-            let found = self.found[ino as usize];
-            if found != nlink {
-                let m = format!("link count {nlink}, should be {found}");
-                let p = self.problem_ino(Level::Preen, PH4, ino, m, Some("adjust it"));
-                self.fix_with(p, |c| c.modify_inode(ino, |i| i.nlink = found));
-            }
+            self.check_nlink(ino);
+        }
+        // lost+found made during this pass: it and the root were counted before.
+        if self.lost_found != 0 {
+            self.check_nlink(ROOTINO);
+            self.check_nlink(self.lost_found);
         }
         Ok(())
+    }
+
+    fn check_nlink(&mut self, ino: u32) {
+        let (found, nlink) = (self.found[ino as usize], self.nlink[ino as usize]);
+        if found != nlink {
+            let m = format!("link count {nlink}, should be {found}");
+            let p = self.problem_ino(Level::Preen, PH4, ino, m, Some("adjust it"));
+            if self.fix_with(p, |c| c.modify_inode(ino, |i| i.nlink = found)) {
+                self.nlink[ino as usize] = found;
+            }
+        }
     }
 }

@@ -58,11 +58,39 @@ impl<'a> Checker<'a> {
         let frag = sb.frag;
         let mut sums = Vec::with_capacity(sb.ncg as usize);
         let mut total = Csum::default();
+        let keep_used = self.state.iter().any(|&x| x & st::BAD != 0);
         for c in 0..sb.ncg {
             self.progress(PH, u64::from(c), u64::from(sb.ncg));
-            // What the group should say.
+            // What it says.
+            let raw = update::read_cg_raw(&sb, &self.dev, c)?;
             let base = sb.cgbase(c);
             let ndblk = (sb.size - base).min(u64::from(sb.fpg)) as u32;
+            let fix_header = self.cg_fix[c as usize];
+            let mut force = false;
+            let cg_opt: Option<Cg> = match Cg::parse(&sb, c, raw.clone()) {
+                Ok(cg) => Some(cg),
+                Err(m) if m.starts_with("check hash") => {
+                    let mut r = raw;
+                    o.put_u32(&mut r, cgoff::CKHASH, 0);
+                    let h = update::cg_hash(&r);
+                    o.put_u32(&mut r, cgoff::CKHASH, h);
+                    match Cg::parse(&sb, c, r) {
+                        Ok(cg) => {
+                            force = fix_header;
+                            Some(cg)
+                        }
+                        Err(_) => None,
+                    }
+                }
+                Err(_) => match self.rebuild_cg(c) {
+                    Some(cg) if fix_header => {
+                        force = true;
+                        Some(cg)
+                    }
+                    _ => None,
+                },
+            };
+            // What the group should say.
             let mut want = Csum::default();
             let first_ino = c * sb.ipg;
             let iused_v: Vec<bool> =
@@ -80,7 +108,11 @@ impl<'a> Checker<'a> {
                     want.nifree += 1;
                 }
             }
-            let ffree_v: Vec<bool> = (0..ndblk).map(|f| !self.used.get(base + u64::from(f))).collect();
+            // With bad inodes kept, what they map past a bad pointer is not known: nothing the
+            // group marks in use is freed.
+            let ffree_v: Vec<bool> = (0..ndblk)
+                .map(|f| !self.used.get(base + u64::from(f)) && !(keep_used && cg_opt.as_ref().is_some_and(|cg| !cg.frag_free(f))))
+                .collect();
             let ffree = |f: u32| ffree_v.get(f as usize).copied().unwrap_or(false);
             let mut frsum = [0i32; 8];
             let nblk = ndblk.div_ceil(frag);
@@ -127,34 +159,8 @@ impl<'a> Checker<'a> {
             total.nbfree += want.nbfree;
             total.nifree += want.nifree;
             total.nffree += want.nffree;
+            let Some(mut cg) = cg_opt else { continue };
 
-            // What it says.
-            let raw = update::read_cg_raw(&sb, &self.dev, c)?;
-            let fix_header = self.cg_fix[c as usize];
-            let mut force = false;
-            let mut cg = match Cg::parse(&sb, c, raw.clone()) {
-                Ok(cg) => cg,
-                Err(m) if m.starts_with("check hash") => {
-                    let mut r = raw;
-                    o.put_u32(&mut r, cgoff::CKHASH, 0);
-                    let h = update::cg_hash(&r);
-                    o.put_u32(&mut r, cgoff::CKHASH, h);
-                    match Cg::parse(&sb, c, r) {
-                        Ok(cg) => {
-                            force = fix_header;
-                            cg
-                        }
-                        Err(_) => continue,
-                    }
-                }
-                Err(_) => match self.rebuild_cg(c) {
-                    Some(cg) if fix_header => {
-                        force = true;
-                        cg
-                    }
-                    _ => continue,
-                },
-            };
             let mut diffs = Vec::new();
             let have = cg.cs();
             if have != want {
