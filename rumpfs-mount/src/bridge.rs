@@ -71,6 +71,27 @@ fn timeset(t: TimeOrNow) -> TimeSet {
     }
 }
 
+/// Attributes of a directory entry whose inode could not be read: only its number and type.
+fn nameless_attr(ino: INodeNo, k: FileType) -> FileAttr {
+    FileAttr {
+        ino,
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: kind(k),
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 512,
+        flags: 0,
+    }
+}
+
 /// The file type named by the `S_IFMT` bits of a mode FUSE sends.
 fn mode_kind(mode: u32) -> KResult<FileType> {
     FileType::from_mode(mode).ok_or(Errno::EINVAL)
@@ -336,15 +357,25 @@ impl Filesystem for Bridge {
 
     fn readdirplus(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let r = self.handle(fh).and_then(|vn| {
-            self.mnt.readdirplus_as(&Cred::user(req.uid(), req.gid()), &vn, offset, &mut |e, a| {
-                !reply.add(
+            self.mnt.readdirplus_as(&Cred::user(req.uid(), req.gid()), &vn, offset, &mut |e, a| match a {
+                Some(a) => !reply.add(
                     INodeNo(self.map(e.ino.0)),
                     e.next,
                     OsStr::from_bytes(e.name),
                     &self.ttl,
                     &self.attr(a),
                     Generation(0),
-                )
+                ),
+                // Listed with nothing but its type, valid for no time at all: the name shows,
+                // and any stat of it asks us again and gets the error.
+                None => !reply.add(
+                    INodeNo(self.map(e.ino.0)),
+                    e.next,
+                    OsStr::from_bytes(e.name),
+                    &Duration::ZERO,
+                    &nameless_attr(INodeNo(self.map(e.ino.0)), e.kind),
+                    Generation(0),
+                ),
             })
         });
         match r {

@@ -260,7 +260,9 @@ impl Mount {
             }
             v.nlookup.store(prev.saturating_sub(n), Ordering::Release);
         } else {
-            log::warn!("forget of {ino}, which is not cached");
+            // An entry listed without attributes (its inode could not be read) was never
+            // cached; FUSE still forgets it.
+            log::debug!("forget of {ino}, which is not cached");
         }
         drop(t);
         self.maybe_evict(ino);
@@ -392,7 +394,7 @@ impl Mount {
         &self,
         dir: &Vnode,
         cookie: u64,
-        sink: &mut dyn FnMut(&DirEntry<'_>, &Attr) -> bool,
+        sink: &mut dyn FnMut(&DirEntry<'_>, Option<&Attr>) -> bool,
     ) -> KResult<()> {
         self.readdirplus_with(&FsRef::Shared(self.fs.as_ref()), dir, cookie, sink)
     }
@@ -403,7 +405,7 @@ impl Mount {
         cred: &Cred,
         dir: &Vnode,
         cookie: u64,
-        sink: &mut dyn FnMut(&DirEntry<'_>, &Attr) -> bool,
+        sink: &mut dyn FnMut(&DirEntry<'_>, Option<&Attr>) -> bool,
     ) -> KResult<()> {
         self.readdirplus_with(&self.fs_as(cred), dir, cookie, sink)
     }
@@ -413,40 +415,36 @@ impl Mount {
         fs: &FsRef<'_>,
         dir: &Vnode,
         cookie: u64,
-        sink: &mut dyn FnMut(&DirEntry<'_>, &Attr) -> bool,
+        sink: &mut dyn FnMut(&DirEntry<'_>, Option<&Attr>) -> bool,
     ) -> KResult<()> {
-        let mut err = None;
         fs.readdir(dir, cookie, &mut |e| {
             let dots = e.name == b"." || e.name == b"..";
+            // An entry whose inode cannot be read is still listed, without attributes (and
+            // without a lookup reference), as a kernel file system lists it: the name shows,
+            // and stat(2) of it gives the error. One bad inode does not hide its directory.
             let vn = match self.vnode(e.ino) {
                 Ok(v) => v,
                 Err(er) => {
-                    log::warn!("readdirplus: entry {:?} -> {}: {:?}", String::from_utf8_lossy(e.name), e.ino, er);
-                    err = Some(er);
-                    return false;
+                    log::warn!("readdirplus: entry {:?} -> {}: {er:?}", String::from_utf8_lossy(e.name), e.ino);
+                    return sink(e, None);
                 }
             };
-            let attr = match fs.getattr(&vn) {
-                Ok(a) => a,
+            let accepted = match fs.getattr(&vn) {
+                Ok(attr) => {
+                    let accepted = sink(e, Some(&attr));
+                    if accepted && !dots {
+                        vn.nlookup.fetch_add(1, Ordering::AcqRel);
+                    }
+                    accepted
+                }
                 Err(er) => {
-                    err = Some(er);
-                    self.release(vn);
-                    return false;
+                    log::warn!("readdirplus: entry {:?} -> {}: {er:?}", String::from_utf8_lossy(e.name), e.ino);
+                    sink(e, None)
                 }
             };
-            let accepted = sink(e, &attr);
-            if accepted && !dots {
-                vn.nlookup.fetch_add(1, Ordering::AcqRel);
-            }
             self.release(vn);
             accepted
-        })?;
-        // An entry that cannot be read ends the listing there; report the error only when
-        // nothing could be listed, so the rest of a damaged directory stays readable.
-        match err {
-            Some(e) if cookie == 0 => Err(e),
-            _ => Ok(()),
-        }
+        })
     }
 
     /// File system statistics.
