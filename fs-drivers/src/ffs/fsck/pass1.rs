@@ -138,7 +138,7 @@ impl<'w> Walker<'w> {
 
     fn ind(&mut self, p: u64, level: u32, base: u64, nblocks: u64, past: bool, f: &mut dyn FnMut(Ev) -> bool) -> Result<(), String> {
         let frag = u64::from(self.sb.frag);
-        let why = if p % frag != 0 { Some("not at a block boundary") } else { (self.chk)(p, frag) };
+        let why = if !p.is_multiple_of(frag) { Some("not at a block boundary") } else { (self.chk)(p, frag) };
         if let Some(why) = why {
             return self.bad(f, format!("indirect block (level {level}) for block {base} at fragment {p}: {why}"));
         }

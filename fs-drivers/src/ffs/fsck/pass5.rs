@@ -111,7 +111,10 @@ impl<'a> Checker<'a> {
             // With bad inodes kept, what they map past a bad pointer is not known: nothing the
             // group marks in use is freed.
             let ffree_v: Vec<bool> = (0..ndblk)
-                .map(|f| !self.used.get(base + u64::from(f)) && !(keep_used && cg_opt.as_ref().is_some_and(|cg| !cg.frag_free(f))))
+                .map(|f| {
+                    let disk_used = cg_opt.as_ref().is_some_and(|cg| !cg.frag_free(f));
+                    !(self.used.get(base + u64::from(f)) || keep_used && disk_used)
+                })
                 .collect();
             let ffree = |f: u32| ffree_v.get(f as usize).copied().unwrap_or(false);
             let mut frsum = [0i32; 8];
