@@ -160,8 +160,23 @@ fn run() -> Result<(), Fail> {
             return fail(EXIT_USAGE, format!("unknown file system type '{t}' (known: {})", known.join(", ")));
         }
     }
+    if let Some((k, _)) = opts.driver.first() {
+        return fail(EXIT_USAGE, format!("option '{k}' is for NFS mounts, not disk images"));
+    }
     let mode = if opts.read_only { OpenMode::ReadOnly } else { OpenMode::ReadWrite };
-    let image = images::open_image(Path::new(&source), mode).map_err(|e| Fail(EXIT_MOUNT, e.to_string()))?;
+    let image = match images::open_image(Path::new(&source), mode) {
+        // Like mount(8): an image we may not write is mounted read-only, unless rw was asked.
+        Err(e) if mode == OpenMode::ReadWrite
+            && !opts.explicit_rw
+            && (e.errno == vfs_faction::Errno::EACCES || e.errno == vfs_faction::Errno::EROFS) =>
+        {
+            eprintln!("rumpfs-mount: warning: {source} is write-protected, mounting read-only");
+            opts.read_only = true;
+            images::open_image(Path::new(&source), OpenMode::ReadOnly)
+        }
+        r => r,
+    }
+    .map_err(|e| Fail(EXIT_MOUNT, e.to_string()))?;
     let probe = |d: &dyn vfs_faction::BlockDevice| kernel.probe(d).map(|(_, t)| t);
     let (dev, part) =
         images::select(image, opts.partition.as_deref(), &probe).map_err(|e| Fail(EXIT_MOUNT, e.to_string()))?;
