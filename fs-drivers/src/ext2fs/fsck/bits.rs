@@ -14,10 +14,6 @@ impl BitSet {
         BitSet { words: vec![0; n], len }
     }
 
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
     pub fn get(&self, i: u64) -> bool {
         i < self.len && self.words[(i / 64) as usize] >> (i % 64) & 1 != 0
     }

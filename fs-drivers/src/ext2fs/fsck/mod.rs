@@ -129,7 +129,6 @@ pub(crate) struct Checker<'a> {
     pub sb: Superblock,
     pub sbraw: Vec<u8>,
     pub dev: CachedDev,
-    pub name: String,
     pub repair: Repair,
     pub sink: &'a mut dyn FsckSink,
     pub now: u32,
@@ -172,7 +171,6 @@ pub(crate) fn check(
     opts: &FsckOptions,
     sink: &mut dyn FsckSink,
 ) -> Result<FsckSummary, MountError> {
-    let name = dev.describe();
     let op = |e: Errno, m: String| MountError::new(e, m);
     if dev.size() < SB_OFFSET + SB_SIZE as u64 {
         return Err(op(Errno::EINVAL, "too small to hold an ext2/ext3/ext4 file system".into()));
@@ -188,7 +186,7 @@ pub(crate) fn check(
         parse_raw[0x60..0x64].copy_from_slice(&v.to_le_bytes());
         early.push((
             Level::Never,
-            "the journal needs recovery; journal replay is not implemented (replay it with e2fsck or the kernel first)"
+            "the journal needs recovery; the check does not replay it (a read-write mount or e2fsck replays it)"
                 .into(),
         ));
     }
@@ -250,7 +248,6 @@ pub(crate) fn check(
         used: BitSet::new(sb.blocks_count),
         sbraw,
         dev: cdev,
-        name: name.clone(),
         repair: opts.repair,
         sink,
         now: now_secs.clamp(0, i64::from(u32::MAX)) as u32,
