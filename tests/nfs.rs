@@ -211,15 +211,26 @@ fn hard_mount_survives_a_server_restart_mid_copy() {
 #[test]
 fn soft_mount_gives_eio_when_the_server_is_gone() {
     let mut srv = NfsServer::start();
-    let local = tempdir();
-    fs::write(local.path().join("big"), random_bytes(6, 64 << 20)).unwrap();
     fs::write(srv.path("f"), b"hello").unwrap();
     let m = mount_nfs(&srv, "rw,soft,timeo=5,retrans=1");
     m.deadline(Duration::from_secs(60), || {
         std::thread::scope(|s| {
-            let (src, dst) = (local.path().join("big"), m.path("copy"));
-            let w = s.spawn(move || copy_file(&src, &dst));
-            std::thread::sleep(Duration::from_millis(200));
+            // A writer that goes on until it fails (at most 8 GiB), so the server is always
+            // killed in the middle of it, however fast the machine.
+            let dst = m.path("copy");
+            let w = s.spawn(move || -> std::io::Result<()> {
+                let mut f = fs::File::create(&dst)?;
+                let chunk = random_bytes(6, 1 << 20);
+                for _ in 0..8192 {
+                    f.write_all(&chunk)?;
+                }
+                f.sync_all()
+            });
+            let seen = srv.path("copy");
+            let t0 = std::time::Instant::now();
+            while fs::metadata(&seen).map(|md| md.len()).unwrap_or(0) < 4 << 20 && t0.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             srv.kill();
             let r = w.join().unwrap();
             let e = r.expect_err("a copy to a dead server on a soft mount succeeded");
