@@ -8,6 +8,7 @@
 //! - [`dir`]: directory blocks, dirent tails, htree blocks read linearly.
 //! - [`xattr`]: in-inode and block extended attributes.
 //! - [`csum`]: crc32c (metadata_csum) and crc16 (gdt_csum).
+//! - [`journal`]: JBD2 journal replay at mount (needs_recovery).
 //! - [`update`]: write primitives (superblock, descriptors, bitmaps, inodes, directory,
 //!   extent and xattr blocks, each with its checksum), shared with the checker.
 //! - [`alloc`]: block and inode allocation; [`extent`] and [`indirect`]: the write side of
@@ -15,7 +16,8 @@
 //!
 //! Writes go to the buffer cache and reach the disk at fsync, sync, write-back or unmount.
 //! The journal of ext3/ext4 is bypassed (as NetBSD's ext2fs does): a journalled file system
-//! is written read-write only when its journal is clean, and is left clean.
+//! is written read-write only when its journal is clean, and is left clean. A journal that
+//! needs recovery is replayed by [`journal`] at a read-write mount, before anything else.
 //!
 //! Locks, outermost first: the namespace lock (shared by directory operations, exclusive
 //! for rename), per-inode locks (parents before children; rename orders by inode number),
@@ -34,6 +36,7 @@ mod fsck;
 pub mod group;
 pub(crate) mod indirect;
 pub mod inode;
+pub mod journal;
 pub mod superblock;
 pub mod update;
 pub(crate) mod write;
@@ -128,107 +131,220 @@ impl Component for Ext2Component {
         let MountSource::Block(dev) = source else {
             return Err(MountError::new(Errno::EINVAL, "ext2fs mounts block devices only"));
         };
-        let name = dev.describe();
-        let mut raw = vec![0u8; SB_SIZE];
-        if dev.size() < SB_OFFSET + SB_SIZE as u64 {
-            return Err(MountError::new(Errno::EINVAL, format!("{name}: too small to hold an ext2/ext3/ext4 file system")));
-        }
-        dev.read_at(&mut raw, SB_OFFSET)
-            .map_err(|e| MountError::new(e, format!("{name}: cannot read the superblock: {e}")))?;
-        let sb = Superblock::parse(&raw).map_err(|e| match e {
-            SbError::NotExt => {
-                MountError::new(Errno::EINVAL, format!("{name}: no ext2/ext3/ext4 superblock (bad magic)"))
-            }
-            SbError::Unsupported(m) => MountError::new(Errno::EINVAL, format!("{name}: {m}")),
-            SbError::Corrupt(m) => {
-                log::error!("{name}: corrupt superblock: {m}");
-                MountError::new(Errno::EUCLEAN, format!("{name}: corrupt superblock: {m}"))
-            }
-        })?;
-        let need = sb.blocks_count * u64::from(sb.block_size);
-        if need > dev.size() {
-            return Err(MountError::new(
-                Errno::EINVAL,
-                format!(
-                    "{name}: the file system needs {} blocks of {} bytes ({need} bytes) but the device holds only {} bytes (truncated image?)",
-                    sb.blocks_count,
-                    sb.block_size,
-                    dev.size()
-                ),
-            ));
-        }
-        let cache = ctx
-            .cache
-            .as_ref()
-            .ok_or_else(|| MountError::new(Errno::ENODEV, "ext2fs needs the dev faction's buffer cache"))?;
-        let cdev = cache.attach(dev.clone(), sb.block_size)?;
-        let groups = group::load_full(&sb, &cdev).map_err(|m| {
-            log::error!("{name}: {m}");
-            MountError::new(Errno::EUCLEAN, format!("{name}: {m}"))
-        })?;
-        let mut warnings = Vec::new();
-        if sb.creator_os == OS_HURD {
-            warnings.push(
-                "created by GNU Hurd: Hurd-specific inode fields (translators, authors) are ignored; directory file types are taken from the inodes"
-                    .to_string(),
-            );
-        }
-        if sb.state & update::STATE_VALID == 0 {
-            warnings.push("the file system was not cleanly unmounted (run e2fsck)".to_string());
-        }
-        let zones = Zones::build(&sb, &raw, &groups);
-        let mut read_only = opts.read_only || dev.read_only();
-        if !read_only {
-            let mut why = unwritable(&sb);
-            if let Err(m) = &zones {
-                why.push(m.clone());
-            }
-            if !why.is_empty() {
-                let why = why.join("; ");
-                if opts.explicit_rw {
-                    return Err(MountError::new(Errno::EROFS, format!("{name}: cannot mount read-write: {why}")));
-                }
-                warnings.push(format!("mounted read-only: {why}"));
-                read_only = true;
-            }
-        }
-        let zones = zones.unwrap_or(Zones::empty());
-        let free_blocks = groups.iter().map(|g| u64::from(g.free_blocks())).sum::<u64>();
-        let free_inodes = groups.iter().map(|g| u64::from(g.free_inodes())).sum::<u64>();
-        let tables = groups.iter().map(|g| g.inode_table()).collect();
-        let ngroups = groups.len();
-        let orig_state = sb.state;
-        let fs = Ext2Fs {
-            dev: cdev,
-            name: name.clone(),
-            hyper: ctx.hyper.clone(),
-            read_only,
-            raw_sb: Mutex::new(raw),
-            orig_state,
-            alloc: Mutex::new(Alloc { groups, free_blocks, free_inodes, bad: vec![false; ngroups] }),
-            zones,
-            tables,
-            itable: Mutex::new(()),
-            xattr_lock: Mutex::new(()),
-            ns: RwLock::new(()),
-            live: Mutex::new(HashMap::new()),
-            gen: AtomicU32::new(0),
-            sb,
-        };
-        if !read_only {
-            fs.mark_mounted().map_err(|e| MountError::new(e, format!("{name}: cannot write the superblock: {e}")))?;
-        }
-        log::info!(
-            "{name}: ext rev {} with {} blocks of {} bytes, {} groups, {} inodes; mounted {}",
-            fs.sb.rev_level,
-            fs.sb.blocks_count,
-            fs.sb.block_size,
-            fs.sb.group_count,
-            fs.sb.inodes_count,
-            if read_only { "read-only" } else { "read-write" }
-        );
-        Ok(Mounted { fs: Arc::new(fs), read_only, warnings })
+        mount_block(ctx, dev, opts, None)
     }
+}
+
+/// Mounts an ext2/3/4 file system on `dev`. A file system whose journal needs recovery is
+/// replayed first (read-write mounts only) and then mounted afresh; `replayed` says what the
+/// replay did, on that second pass.
+fn mount_block(
+    ctx: &MountContext,
+    dev: Arc<dyn BlockDevice>,
+    opts: &MountOptions,
+    replayed: Option<journal::Replayed>,
+) -> Result<Mounted, MountError> {
+    let name = dev.describe();
+    let mut raw = vec![0u8; SB_SIZE];
+    if dev.size() < SB_OFFSET + SB_SIZE as u64 {
+        return Err(MountError::new(Errno::EINVAL, format!("{name}: too small to hold an ext2/ext3/ext4 file system")));
+    }
+    dev.read_at(&mut raw, SB_OFFSET)
+        .map_err(|e| MountError::new(e, format!("{name}: cannot read the superblock: {e}")))?;
+    let sb = Superblock::parse_recovering(&raw).map_err(|e| match e {
+        SbError::NotExt => {
+            MountError::new(Errno::EINVAL, format!("{name}: no ext2/ext3/ext4 superblock (bad magic)"))
+        }
+        SbError::Unsupported(m) => MountError::new(Errno::EINVAL, format!("{name}: {m}")),
+        SbError::Corrupt(m) => {
+            log::error!("{name}: corrupt superblock: {m}");
+            MountError::new(Errno::EUCLEAN, format!("{name}: corrupt superblock: {m}"))
+        }
+    })?;
+    let need = sb.blocks_count * u64::from(sb.block_size);
+    if need > dev.size() {
+        return Err(MountError::new(
+            Errno::EINVAL,
+            format!(
+                "{name}: the file system needs {} blocks of {} bytes ({need} bytes) but the device holds only {} bytes (truncated image?)",
+                sb.blocks_count,
+                sb.block_size,
+                dev.size()
+            ),
+        ));
+    }
+    let cache = ctx
+        .cache
+        .as_ref()
+        .ok_or_else(|| MountError::new(Errno::ENODEV, "ext2fs needs the dev faction's buffer cache"))?;
+    if sb.has_incompat(incompat::RECOVER) {
+        if replayed.is_some() {
+            return Err(MountError::new(Errno::EIO, format!("{name}: needs_recovery is still set after the journal replay")));
+        }
+        let r = recover(ctx, &dev, &name, &sb, &raw, opts.read_only || dev.read_only())?;
+        return mount_block(ctx, dev, opts, Some(r));
+    }
+    let cdev = cache.attach(dev.clone(), sb.block_size)?;
+    let groups = group::load_full(&sb, &cdev).map_err(|m| {
+        log::error!("{name}: {m}");
+        MountError::new(Errno::EUCLEAN, format!("{name}: {m}"))
+    })?;
+    let mut warnings = Vec::new();
+    if let Some(r) = &replayed {
+        warnings.push(format!(
+            "journal replayed: {} committed transaction(s), {} block(s) written, {} revoked",
+            r.transactions, r.blocks, r.revoked
+        ));
+    }
+    if sb.creator_os == OS_HURD {
+        warnings.push(
+            "created by GNU Hurd: Hurd-specific inode fields (translators, authors) are ignored; directory file types are taken from the inodes"
+                .to_string(),
+        );
+    }
+    if sb.state & update::STATE_VALID == 0 {
+        warnings.push("the file system was not cleanly unmounted (run e2fsck)".to_string());
+    }
+    let zones = Zones::build(&sb, &raw, &groups);
+    let mut read_only = opts.read_only || dev.read_only();
+    if !read_only {
+        let mut why = unwritable(&sb);
+        if let Err(m) = &zones {
+            why.push(m.clone());
+        }
+        if !why.is_empty() {
+            let why = why.join("; ");
+            if opts.explicit_rw {
+                return Err(MountError::new(Errno::EROFS, format!("{name}: cannot mount read-write: {why}")));
+            }
+            warnings.push(format!("mounted read-only: {why}"));
+            read_only = true;
+        }
+    }
+    let zones = zones.unwrap_or(Zones::empty());
+    let free_blocks = groups.iter().map(|g| u64::from(g.free_blocks())).sum::<u64>();
+    let free_inodes = groups.iter().map(|g| u64::from(g.free_inodes())).sum::<u64>();
+    let tables = groups.iter().map(|g| g.inode_table()).collect();
+    let ngroups = groups.len();
+    let orig_state = sb.state;
+    let fs = Ext2Fs {
+        dev: cdev,
+        name: name.clone(),
+        hyper: ctx.hyper.clone(),
+        read_only,
+        raw_sb: Mutex::new(raw),
+        orig_state,
+        alloc: Mutex::new(Alloc { groups, free_blocks, free_inodes, bad: vec![false; ngroups] }),
+        zones,
+        tables,
+        itable: Mutex::new(()),
+        xattr_lock: Mutex::new(()),
+        ns: RwLock::new(()),
+        live: Mutex::new(HashMap::new()),
+        gen: AtomicU32::new(0),
+        sb,
+    };
+    if !read_only {
+        fs.mark_mounted().map_err(|e| MountError::new(e, format!("{name}: cannot write the superblock: {e}")))?;
+    }
+    log::info!(
+        "{name}: ext rev {} with {} blocks of {} bytes, {} groups, {} inodes; mounted {}",
+        fs.sb.rev_level,
+        fs.sb.blocks_count,
+        fs.sb.block_size,
+        fs.sb.group_count,
+        fs.sb.inodes_count,
+        if read_only { "read-only" } else { "read-write" }
+    );
+    Ok(Mounted { fs: Arc::new(fs), read_only, warnings })
+}
+
+/// `s_journal_uuid`, `s_journal_inum`, `s_journal_dev`.
+const SB_JOURNAL_UUID: usize = 0xD0;
+const SB_JOURNAL_INUM: usize = 0xE0;
+const SB_JOURNAL_DEV: usize = 0xE4;
+
+/// Replays the internal journal of the file system on `dev` (superblock `sb`, raw `raw`),
+/// then clears `needs_recovery`. Order: replayed blocks on stable storage, then the emptied
+/// journal superblock, then the file system superblock, each step flushed.
+fn recover(
+    ctx: &MountContext,
+    dev: &Arc<dyn BlockDevice>,
+    name: &str,
+    sb: &Superblock,
+    raw: &[u8],
+    read_only: bool,
+) -> Result<journal::Replayed, MountError> {
+    let jino = le32(raw, SB_JOURNAL_INUM);
+    if jino == 0 || !sb.has_compat(superblock::compat::HAS_JOURNAL) {
+        let external = raw[SB_JOURNAL_UUID..SB_JOURNAL_UUID + 16].iter().any(|&b| b != 0)
+            || le32(raw, SB_JOURNAL_DEV) != 0;
+        let m = if external {
+            "journal needs recovery, but the journal is on an external device, which is not supported (run e2fsck with the journal device)"
+        } else {
+            "journal needs recovery, but the file system has no journal (run e2fsck)"
+        };
+        return Err(MountError::new(Errno::EINVAL, format!("{name}: {m}")));
+    }
+    if read_only {
+        return Err(MountError::new(Errno::EROFS, format!("{name}: journal needs recovery; mount read-write to replay it")));
+    }
+    if jino > sb.inodes_count {
+        return Err(MountError::new(Errno::EUCLEAN, format!("{name}: journal inode {jino} is out of range")));
+    }
+    let corrupt = |m: String| {
+        log::error!("{name}: {m}");
+        MountError::new(Errno::EUCLEAN, format!("{name}: {m}"))
+    };
+    let io = |what: &str, e: Errno| MountError::new(e, format!("{name}: journal replay: {what}: {e}"));
+    let cache = ctx
+        .cache
+        .as_ref()
+        .ok_or_else(|| MountError::new(Errno::ENODEV, "ext2fs needs the dev faction's buffer cache"))?;
+    let cdev = cache.attach(dev.clone(), sb.block_size)?;
+    let groups = group::load_full(sb, &cdev).map_err(&corrupt)?;
+    let tables = groups.iter().map(|g| g.inode_table()).collect();
+    let ngroups = groups.len();
+    // A read-only view of the file system, enough to read and map the journal inode.
+    let fs = Ext2Fs {
+        dev: cdev,
+        name: name.to_string(),
+        hyper: ctx.hyper.clone(),
+        read_only: true,
+        raw_sb: Mutex::new(raw.to_vec()),
+        orig_state: sb.state,
+        alloc: Mutex::new(Alloc { groups, free_blocks: 0, free_inodes: 0, bad: vec![false; ngroups] }),
+        zones: Zones::empty(),
+        tables,
+        itable: Mutex::new(()),
+        xattr_lock: Mutex::new(()),
+        ns: RwLock::new(()),
+        live: Mutex::new(HashMap::new()),
+        gen: AtomicU32::new(0),
+        sb: sb.clone(),
+    };
+    let r = journal::replay(&fs, jino).map_err(|m| corrupt(format!("cannot replay the journal: {m}")))?;
+    fs.dev.sync().map_err(|e| io("writing the replayed blocks", e))?;
+    if let Some((blk, jsb)) = r.jsb.clone() {
+        fs.dev.bwrite(blk, jsb).map_err(|e| io("writing the journal superblock", e))?;
+        fs.dev.sync().map_err(|e| io("writing the journal superblock", e))?;
+    }
+    // The replay may have rewritten the superblock: clear needs_recovery in what is there now.
+    let mut raw2 = vec![0u8; SB_SIZE];
+    dev.read_at(&mut raw2, SB_OFFSET).map_err(|e| io("reading the superblock", e))?;
+    let sb2 = Superblock::parse_recovering(&raw2)
+        .map_err(|e| corrupt(format!("the superblock is bad after the journal replay: {e:?}")))?;
+    let inc = le32(&raw2, update::sbf::FEATURE_INCOMPAT) & !incompat::RECOVER;
+    raw2[update::sbf::FEATURE_INCOMPAT..update::sbf::FEATURE_INCOMPAT + 4].copy_from_slice(&inc.to_le_bytes());
+    update::write_superblock(&sb2, &fs.dev, &mut raw2).map_err(|e| io("writing the superblock", e))?;
+    dev.flush().map_err(|e| io("flushing", e))?;
+    log::info!(
+        "{name}: journal replayed: {} transaction(s), {} block(s) written, {} revoked",
+        r.transactions,
+        r.blocks,
+        r.revoked
+    );
+    Ok(r)
 }
 
 /// Why the write path cannot write this file system (empty: it can). Each reason names the

@@ -193,8 +193,18 @@ fn corrupt(msg: impl Into<String>) -> SbError {
 }
 
 impl Superblock {
-    /// Parses and validates the 1024 bytes at [`SB_OFFSET`].
+    /// Parses and validates the 1024 bytes at [`SB_OFFSET`]. A superblock that needs
+    /// journal recovery is refused (see [`Superblock::parse_recovering`]).
     pub fn parse(raw: &[u8]) -> Result<Superblock, SbError> {
+        Self::parse_inner(raw, false)
+    }
+
+    /// As [`Superblock::parse`], but accepts `needs_recovery`: for the journal replay.
+    pub fn parse_recovering(raw: &[u8]) -> Result<Superblock, SbError> {
+        Self::parse_inner(raw, true)
+    }
+
+    fn parse_inner(raw: &[u8], recovering: bool) -> Result<Superblock, SbError> {
         use field as f;
         if raw.len() < SB_SIZE || le16(raw, f::MAGIC) != MAGIC {
             return Err(SbError::NotExt);
@@ -215,11 +225,8 @@ impl Superblock {
                 incompat_names(unknown)
             )));
         }
-        if incompat_bits & incompat::RECOVER != 0 {
-            return Err(SbError::Unsupported(
-                "journal needs recovery; run e2fsck or mount with the kernel first; journal replay is not implemented yet"
-                    .into(),
-            ));
+        if incompat_bits & incompat::RECOVER != 0 && !recovering {
+            return Err(SbError::Unsupported("journal needs recovery; mount read-write to replay it".into()));
         }
         if ro_bits & ro_compat::METADATA_CSUM != 0 {
             let ty = raw[f::CHECKSUM_TYPE];
