@@ -1,8 +1,11 @@
 //! rumpfs-fsck on FFS: Debian `makefs -t ffs` images (UFS1 and UFS2, both byte orders)
 //! corrupted at known fields (a link count, a bitmap bit, a summary count, a block claimed
-//! twice, a directory record length, a pointer past the end of the file system): `-fn`
-//! finds each (exit 4) and writes nothing, `-fy` repairs it (exit 1), a re-check is clean
-//! (exit 0), and Sleuth Kit reads the repaired UFS1 trees. Clean makefs images of every
+//! twice, an indirect block claimed twice, a directory record length, a pointer past the
+//! end of the file system): `-fn` finds each (exit 4) and writes nothing, `-fy` repairs it
+//! (exit 1), a re-check is clean (exit 0), and Sleuth Kit reads the repaired UFS1 trees.
+//! Blocks claimed twice are cloned: both claimants keep their bytes (compared on the image
+//! for both versions, and with `icat` against the source and the corrupted image on UFS1).
+//! Clean makefs images of every
 //! version, byte order and block size are clean; so are the shared FreeBSD images; fuzzed
 //! images never crash or hang the checker.
 //!
@@ -120,6 +123,11 @@ impl Geo {
             (self.inode(ino) + 40, 4)
         }
     }
+    /// `di_ib[0]`: the single indirect block.
+    fn ib0_at(&self, ino: u64) -> (usize, usize) {
+        let (at, n) = self.db0_at(ino);
+        (at + 12 * n, n)
+    }
     fn db0(&self, img: &[u8], ino: u64) -> u64 {
         let (at, n) = self.db0_at(ino);
         rd(img, at, n, self.be)
@@ -166,12 +174,20 @@ enum Corrupt {
     BitmapBit,
     SummaryCount,
     BlockTwice,
+    IndirectTwice,
     RecordLength,
     PastTheEnd,
 }
 
-const ALL: [Corrupt; 6] =
-    [Corrupt::LinkCount, Corrupt::BitmapBit, Corrupt::SummaryCount, Corrupt::BlockTwice, Corrupt::RecordLength, Corrupt::PastTheEnd];
+const ALL: [Corrupt; 7] = [
+    Corrupt::LinkCount,
+    Corrupt::BitmapBit,
+    Corrupt::SummaryCount,
+    Corrupt::BlockTwice,
+    Corrupt::IndirectTwice,
+    Corrupt::RecordLength,
+    Corrupt::PastTheEnd,
+];
 
 const HELLO: &str = "files/hello.txt";
 const A: &str = "files/b1k-indirect";
@@ -208,9 +224,20 @@ fn corrupt(img: &mut [u8], what: Corrupt) -> Vec<&'static str> {
             vec![]
         }
         Corrupt::BlockTwice => {
+            // B's first block becomes A's: repaired by giving B its own copy (as e2fsck
+            // clones), so A keeps its content and B keeps what it reads now.
             let fa = g.db0(img, a);
             g.set_db0(img, b, fa);
-            vec![A, B]
+            vec![B]
+        }
+        Corrupt::IndirectTwice => {
+            // D's single indirect block becomes A's (and with it every block under it): D
+            // gets a copy of the indirect block and of each data block it names.
+            let (at, n) = g.ib0_at(a);
+            let ia = rd(img, at, n, g.be);
+            let (at, n) = g.ib0_at(d);
+            wr(img, at, n, g.be, ia);
+            vec![D]
         }
         Corrupt::RecordLength => {
             // The third record of bigdir's first chunk runs past the chunk.
@@ -264,6 +291,10 @@ fn corruption_case(version: u32, order: &str) {
         let touched = corrupt(&mut b, what);
         std::fs::write(&img, &b).unwrap();
         let before = sha(&b);
+        let corrupted = dir.path().join(format!("{what:?}-before.img"));
+        if matches!(what, Corrupt::BlockTwice | Corrupt::IndirectTwice) {
+            std::fs::write(&corrupted, &b).unwrap();
+        }
         let n = ours(&["-fn"], &img);
         let label = format!("UFS{version} {order} {what:?}");
         if code(&n) != 4 {
@@ -280,6 +311,36 @@ fn corruption_case(version: u32, order: &str) {
         if code(&again) != 0 {
             failures.push(format!("{label}: re-check exit {} (want 0)\nrepair:\n{}\nre-check:\n{}{}", code(&again), y.stdout, again.stdout, again.stderr));
             continue;
+        }
+        if what == Corrupt::BlockTwice {
+            // Both claimants keep their bytes: the one pass 1 met first keeps the block where
+            // it was, the other gets a copy of it elsewhere.
+            let g = geo(&b);
+            let ab = inos(&b, &[A, B]);
+            let rep = std::fs::read(&img).unwrap();
+            let fa = g.db0(&b, ab[0]);
+            let (na, nb) = (g.db0(&rep, ab[0]), g.db0(&rep, ab[1]));
+            let bsize = g.fsize * g.frag;
+            assert_ne!(na, nb, "{label}: A and B still share a block\n{}", y.stdout);
+            assert!(na == fa || nb == fa, "{label}: neither kept the shared block\n{}", y.stdout);
+            assert!(y.stdout.contains("clone"), "{label}: no clone reported\n{}", y.stdout);
+            for (ino, now) in [(ab[0], na), (ab[1], nb)] {
+                let size = rd(&rep, g.inode(ino) + if g.ufs2 { 16 } else { 8 }, 8, g.be);
+                let len = (size.min(bsize).div_ceil(g.fsize) * g.fsize) as usize;
+                let (was, now) = ((fa * g.fsize) as usize, (now * g.fsize) as usize);
+                assert_eq!(sha(&rep[now..now + len]), sha(&b[was..was + len]), "{label}: inode {ino}: first block differs from the shared one");
+            }
+        }
+        if what == Corrupt::IndirectTwice {
+            let g = geo(&b);
+            let ad = inos(&b, &[A, D]);
+            let rep = std::fs::read(&img).unwrap();
+            let ib = |img: &[u8], ino| {
+                let (at, n) = g.ib0_at(ino);
+                rd(img, at, n, g.be)
+            };
+            assert_ne!(ib(&rep, ad[0]), ib(&rep, ad[1]), "{label}: A and D still share an indirect block\n{}", y.stdout);
+            assert!(y.stdout.contains("clone"), "{label}: no clone reported\n{}", y.stdout);
         }
         // Without -f, a repaired image is marked clean.
         let p = ours(&["-n"], &img);
@@ -306,6 +367,17 @@ fn corruption_case(version: u32, order: &str) {
                 checked += 1;
             }
             assert!(checked >= 10, "{label}: only {checked} files compared");
+            if matches!(what, Corrupt::BlockTwice | Corrupt::IndirectTwice) {
+                // icat: A is compared with its source above; the other claimant reads as it
+                // did before the repair.
+                let other = if what == Corrupt::BlockTwice { B } else { D };
+                let b_ino = listed.iter().find(|(p, _)| p == other).map(|x| x.1).expect("claimant listed");
+                let icat = |i: &Path| Command::new(find_tool("icat").unwrap()).arg(i).arg(b_ino.to_string()).output().unwrap();
+                let (was, now) = (icat(&corrupted), icat(&img));
+                assert!(was.status.success() && now.status.success(), "{label}: icat B");
+                assert_eq!(sha(&now.stdout), sha(&was.stdout), "{label}: B's content changed (icat)");
+                assert!(listed.iter().any(|(p, _)| p == A), "{label}: A not listed");
+            }
             if what == Corrupt::RecordLength {
                 assert!(listed.iter().any(|(p, _)| p.starts_with("lost+found/#")), "{label}: nothing in lost+found\n{}", y.stdout);
             }

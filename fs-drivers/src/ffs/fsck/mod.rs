@@ -6,7 +6,8 @@
 //!   1's copy), every cylinder group header (magic, index, counts, map offsets, check hash).
 //! - [`pass1`]: every inode: mode, size against its pointers, block and fragment pointers in
 //!   range, indirect blocks (a bounded walk), `di_blocks`, check hashes; fragments claimed
-//!   twice (1b: who else claims them; the later claimant is cleared, as fsck_ffs does).
+//!   twice (1b: who else claims them; with `-y` the later claimant gets its own copy of
+//!   each shared run, as e2fsck does, so both files keep their content).
 //! - [`pass2`]: directory chunks (`DIRBLKSIZ`): records, names, `.` and `..`, entries naming
 //!   unallocated or bad inodes, `d_type`.
 //! - [`pass3`]: connectivity (every directory reachable, `..` right, lost+found) and pass 4
@@ -112,8 +113,8 @@ impl Bits {
     }
 }
 
-/// Most fragments remembered as claimed twice; beyond that the claimants are still found
-/// and cleared, but their other claimants are not listed.
+/// Most fragments remembered as claimed twice; beyond that the claimants are still found,
+/// but their other claimants are not listed (and such fragments are not cloned).
 const MAX_DUPS: usize = 1 << 20;
 
 /// The checker's state for one file system.
@@ -136,6 +137,8 @@ pub(crate) struct Checker<'a> {
     pub used: Bits,
     /// Fragments claimed more than once.
     pub dups: HashSet<u64>,
+    /// Later claimants of shared fragments whose clone was accepted (done in pass 1b).
+    pub clones: Vec<(u32, Problem)>,
     pub state: Vec<u8>,
     /// Link counts on disk, and references found.
     pub nlink: Vec<u16>,
@@ -207,6 +210,7 @@ pub(crate) fn check(
         sb_changed: false,
         used: Bits::new(sb.size),
         dups: HashSet::new(),
+        clones: Vec::new(),
         state: vec![st::FREE; ninodes],
         nlink: vec![0; ninodes],
         found: vec![0; ninodes],
@@ -538,6 +542,41 @@ impl<'a> Checker<'a> {
                         self.used.set(f);
                     }
                     return Ok(b);
+                }
+                b += frag;
+            }
+        }
+        Err(Errno::ENOSPC)
+    }
+
+    /// `n` free fragments in one block (a whole block when `n` is `fs_frag`), marked in use.
+    pub fn alloc_frags(&mut self, n: u64) -> KResult<u64> {
+        let sb = self.sb.clone();
+        let frag = u64::from(sb.frag);
+        if n >= frag {
+            return self.alloc_block();
+        }
+        for c in 0..sb.ncg {
+            if self.cg_bad[c as usize].is_some() && self.template.is_none() {
+                continue;
+            }
+            let end = (sb.cgbase(c) + u64::from(sb.fpg)).min(sb.size);
+            let mut b = sb.cgdmin(c).next_multiple_of(frag);
+            while b + frag <= end {
+                let mut run = 0;
+                for f in b..b + frag {
+                    if self.used.get(f) {
+                        run = 0;
+                        continue;
+                    }
+                    run += 1;
+                    if run == n {
+                        let start = f + 1 - n;
+                        for x in start..=f {
+                            self.used.set(x);
+                        }
+                        return Ok(start);
+                    }
                 }
                 b += frag;
             }

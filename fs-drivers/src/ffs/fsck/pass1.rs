@@ -1,7 +1,8 @@
 //! Pass 1: every inode: mode, size against its pointers, block and fragment pointers in
 //! range, indirect blocks (a bounded walk), `di_blocks`, check hashes. Fragments in use are
-//! marked; a fragment marked twice makes its later claimant bad (cleared with `-y`, as
-//! fsck_ffs does); pass 1b names the other claimants.
+//! marked; a fragment marked twice is a finding against its later claimant: with `-y` (as
+//! e2fsck does) the claimant gets its own copy of every fragment run it shares, so both
+//! files keep their content; pass 1b names the other claimants and makes the copies.
 
 use super::{st, Checker, DirInfo, Level, MAX_DUPS};
 use crate::ffs::dir::{kind_dtype, DIRBLKSIZ};
@@ -12,10 +13,8 @@ use vfs_faction::{CachedDev, FileType, KResult};
 
 const PH: &str = "Pass 1: inodes, blocks and sizes";
 const PH1B: &str = "Pass 1B: fragments claimed more than once";
-/// fsck_ffs gives up on an inode after this many bad or duplicate pointers (`MAXBAD`,
-/// `MAXDUP`).
+/// fsck_ffs gives up on an inode after this many bad pointers (`MAXBAD`).
 const MAXBAD: usize = 10;
-const MAXDUP: usize = 10;
 
 /// Where a pointer lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -347,7 +346,9 @@ impl<'a> Checker<'a> {
                         } else {
                             frags += n;
                         }
-                        ndup <= MAXDUP
+                        // Not stopped at duplicates: the walk is bounded by its budget, and
+                        // every fragment of a claimant to be cloned must be marked.
+                        true
                     }
                     Ev::Bad { msg } => {
                         if bad.len() < 4 {
@@ -374,14 +375,36 @@ impl<'a> Checker<'a> {
         if !bad.is_empty() {
             why.push(format!("bad block pointers: {}", bad.join("; ")));
         }
-        if ndup > 0 {
+        let dup_why = (ndup > 0).then(|| {
             let list: Vec<String> = dup.iter().map(u64::to_string).collect();
-            why.push(format!("claims fragments already in use ({}{})", list.join(" "), if ndup > dup.len() { " ..." } else { "" }));
-        }
-        if let Err(m) = r {
-            if m != "stopped" || ndup > MAXDUP {
-                why.push(if ndup > MAXDUP { format!("more than {MAXDUP} duplicate pointers") } else { m });
+            format!("claims fragments already in use ({}{})", list.join(" "), if ndup > dup.len() { " ..." } else { "" })
+        });
+        let walked = match r {
+            Ok(()) => true,
+            Err(m) => {
+                if m != "stopped" {
+                    why.push(m);
+                }
+                false
             }
+        };
+        if why.is_empty() && walked {
+            if let Some(m) = dup_why {
+                // Only shared fragments wrong: cloned in pass 1b (as e2fsck does); refused,
+                // the inode is kept as bad.
+                let p = self.problem_ino(Level::Yes, PH, ino, m.clone(), Some("give it its own copy of them (clone)"));
+                if self.want(&p) {
+                    self.clones.push((ino, p));
+                } else {
+                    self.state[ino as usize] = dtype | st::BAD;
+                    self.dirs.remove(&ino);
+                    self.bad_why.insert(ino, m);
+                    self.done(p, false);
+                    return Ok(());
+                }
+            }
+        } else {
+            why.extend(dup_why);
         }
         if !why.is_empty() {
             self.bad_inode(ino, dtype, why.join("; "));
@@ -464,29 +487,20 @@ impl<'a> Checker<'a> {
         Ok(())
     }
 
-    /// Gives back the fragments of `i` that no other inode claims too. The walk stops no
-    /// later than pass 1's did (its duplicates are all in `dups`), so nothing it did not
-    /// mark is released.
+    /// Gives back the fragments of `i` that no other inode claims too. The walk is pass
+    /// 1's (same rules, same budget), so nothing it did not mark is released.
     pub(super) fn release_blocks(&mut self, _ino: u32, i: &Inode) {
         if !has_blocks(&self.sb, i) {
             return;
         }
         let mut frags = Vec::new();
-        let mut ndup = 0usize;
         let _ = self.walk(i, &mut |ev| {
             if let Ev::Frags { frag, n, .. } = ev {
-                let mut hit = false;
                 for f in frag..frag + n {
-                    if self.dups.contains(&f) {
-                        hit = true;
-                    } else {
+                    if !self.dups.contains(&f) {
                         frags.push(f);
                     }
                 }
-                if hit {
-                    ndup += 1;
-                }
-                return ndup <= MAXDUP;
             }
             true
         });
@@ -495,7 +509,8 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// Pass 1b: every other claimant of a fragment claimed twice.
+    /// Pass 1b: every other claimant of a fragment claimed twice; then the later claimants
+    /// whose clone was accepted in pass 1 get their own copies.
     pub(super) fn pass1b(&mut self) -> KResult<()> {
         if self.dups.is_empty() {
             return Ok(());
@@ -531,6 +546,8 @@ impl<'a> Checker<'a> {
             let list: Vec<String> = hits.iter().map(u64::to_string).collect();
             let fate = if s & st::CLEAR != 0 {
                 "; it is cleared"
+            } else if self.clones.iter().any(|(i, _)| *i == ino) {
+                "; it gets its own copy"
             } else if s & st::BAD != 0 {
                 "; it is kept (not repaired)"
             } else {
@@ -539,6 +556,150 @@ impl<'a> Checker<'a> {
             let m = format!("claims {n} fragment(s) also claimed elsewhere ({}){fate}", list.join(" "));
             let p = self.problem_ino(Level::Never, PH1B, ino, m, None);
             self.note(p);
+        }
+        for (ino, mut p) in std::mem::take(&mut self.clones) {
+            match self.clone_dups(ino) {
+                Ok(()) => self.done(p, true),
+                Err(e) => {
+                    p.finding.message.push_str(&format!(" (repair failed: {e})"));
+                    let s = self.state[ino as usize];
+                    self.state[ino as usize] = s | st::BAD;
+                    self.dirs.remove(&ino);
+                    self.bad_why.insert(ino, p.finding.message.clone());
+                    self.done(p, false);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives inode `ino` its own copy of every fragment run (data, extended attribute or
+    /// indirect block) that holds a fragment claimed twice: new fragments from what pass 1
+    /// found free, the bytes copied, the pointer moved. The copies are written (and synced)
+    /// before any pointer to them, so a crash leaves the old sharing, found again next run.
+    /// The maps and summaries follow in pass 5, from `used`.
+    fn clone_dups(&mut self, ino: u32) -> KResult<()> {
+        let mut i = self.read_inode(ino)?;
+        let sb = self.sb.clone();
+        let bs = u64::from(sb.bsize);
+        let frag = u64::from(sb.frag);
+        let fs = u64::from(sb.fsize);
+        let nblocks = i.size.div_ceil(bs);
+        let mut later: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut changed = false;
+        for k in 0..NDADDR {
+            let p = i.db[k];
+            if p == 0 {
+                continue;
+            }
+            let lblk = k as u64;
+            let n = if lblk >= nblocks || i.size >= (lblk + 1) * bs { frag } else { (i.size - lblk * bs).div_ceil(fs).clamp(1, frag) };
+            if let Some(q) = self.clone_run(p, n)? {
+                i.db[k] = q;
+                changed = true;
+            }
+        }
+        for level in 0..NIADDR {
+            let p = i.ib[level];
+            if p != 0 {
+                if let Some(q) = self.clone_ind(p, level as u32 + 1, &mut later)? {
+                    i.ib[level] = q;
+                    changed = true;
+                }
+            }
+        }
+        if sb.ufs2 {
+            let ext = u64::from(i.extsize);
+            for k in 0..i.extb.len() {
+                let p = i.extb[k];
+                if p == 0 {
+                    continue;
+                }
+                let start = k as u64 * bs;
+                let n = if start >= ext { frag } else { (ext - start).min(bs).div_ceil(fs).clamp(1, frag) };
+                if let Some(q) = self.clone_run(p, n)? {
+                    i.extb[k] = q;
+                    changed = true;
+                }
+            }
+        }
+        self.dev.sync()?;
+        for (f, b) in later {
+            self.bwrite(f, b)?;
+        }
+        if changed {
+            self.write_inode(ino, &mut i)?;
+        }
+        Ok(())
+    }
+
+    /// A copy of the run `p..p+n` if it holds a fragment claimed twice (`None`: not shared).
+    /// Its fragments no one else claims are given back.
+    fn clone_run(&mut self, p: u64, n: u64) -> KResult<Option<u64>> {
+        if !(p..p + n).any(|f| self.dups.contains(&f)) {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; (n * u64::from(self.sb.fsize)) as usize];
+        self.dev.read_blocks(p, n, &mut buf, 0)?;
+        let q = self.alloc_frags(n)?;
+        self.write_run(q, &buf)?;
+        for f in p..p + n {
+            if !self.dups.contains(&f) {
+                self.used.clear(f);
+            }
+        }
+        Ok(Some(q))
+    }
+
+    /// The indirect block at `p` (level `level`) with its shared children cloned; a copy of
+    /// it if it is shared itself (`Some`), else rewritten in place (queued in `later`, to be
+    /// written after the copies) when a child moved.
+    fn clone_ind(&mut self, p: u64, level: u32, later: &mut Vec<(u64, Vec<u8>)>) -> KResult<Option<u64>> {
+        let frag = u64::from(self.sb.frag);
+        let mut buf = vec![0u8; self.sb.bsize as usize];
+        self.dev.read_blocks(p, frag, &mut buf, 0)?;
+        let o = self.sb.order;
+        let ufs2 = self.sb.ufs2;
+        let mut changed = false;
+        for j in 0..self.sb.nindir as usize {
+            let q = if ufs2 { o.u64(&buf, j * 8) } else { u64::from(o.u32(&buf, j * 4)) };
+            if q == 0 {
+                continue;
+            }
+            let moved = if level == 1 { self.clone_run(q, frag)? } else { self.clone_ind(q, level - 1, later)? };
+            if let Some(nq) = moved {
+                if ufs2 {
+                    o.put_u64(&mut buf, j * 8, nq);
+                } else {
+                    o.put_u32(&mut buf, j * 4, nq as u32);
+                }
+                changed = true;
+            }
+        }
+        if (p..p + frag).any(|f| self.dups.contains(&f)) {
+            let q = self.alloc_frags(frag)?;
+            self.write_run(q, &buf)?;
+            for f in p..p + frag {
+                if !self.dups.contains(&f) {
+                    self.used.clear(f);
+                }
+            }
+            return Ok(Some(q));
+        }
+        if changed {
+            let fs = self.sb.fsize as usize;
+            for (k, chunk) in buf.chunks(fs).enumerate() {
+                later.push((p + k as u64, chunk.to_vec()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes `data` (whole fragments) from fragment `q` on.
+    fn write_run(&mut self, q: u64, data: &[u8]) -> KResult<()> {
+        let fs = self.sb.fsize as usize;
+        for (k, chunk) in data.chunks(fs).enumerate() {
+            self.bwrite(q + k as u64, chunk.to_vec())?;
         }
         Ok(())
     }
