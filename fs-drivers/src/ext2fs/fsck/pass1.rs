@@ -309,13 +309,9 @@ impl Checker<'_> {
         let per_block = (self.bs as usize / isz) as u64;
         let chunk_blocks = (256 * 1024 / self.bs).max(1);
         let csums = self.group_csums();
-        for g in 0..sb.group_count {
-            self.progress(PH, u64::from(g), u64::from(sb.group_count));
-            if self.bad_group[g as usize] {
-                continue;
-            }
-            let d = &self.groups[g as usize];
-            let it = d.inode_table();
+        // The part of group g's inode table in use: (first block, inodes).
+        let table = |c: &Self, g: u32| {
+            let d = &c.groups[g as usize];
             let limit = if csums {
                 if d.flags() & crate::ext2fs::group::BG_INODE_UNINIT != 0 {
                     0
@@ -325,6 +321,24 @@ impl Checker<'_> {
             } else {
                 ipg
             };
+            (d.inode_table(), limit)
+        };
+        let nblocks_total = sb.blocks_count;
+        for g in 0..sb.group_count {
+            self.progress(PH, u64::from(g), u64::from(sb.group_count));
+            if self.bad_group[g as usize] {
+                continue;
+            }
+            // Read-ahead: the host starts on the next group's table while this one is checked
+            // (a cold check waits on these reads more than on anything else).
+            if let Some(n) = (g + 1..sb.group_count).find(|&n| !self.bad_group[n as usize]) {
+                let (nit, nlimit) = table(self, n);
+                let nb = u64::from(nlimit).div_ceil(per_block);
+                if nb > 0 && nit.saturating_add(nb) <= nblocks_total {
+                    self.dev.device().will_need(nit * self.bs, nb * self.bs);
+                }
+            }
+            let (it, limit) = table(self, g);
             // Reserved inodes always count as in use (the bitmap marks them).
             if g == 0 {
                 for ino in 1..sb.first_ino.min(ipg + 1) {

@@ -79,7 +79,29 @@ impl Checker<'_> {
         let list = std::mem::take(&mut self.dblist);
         let total = list.len() as u64;
         let mut i = 0;
+        // Read-ahead: the blocks of the next directories are announced to the host a window
+        // at a time (runs of adjacent blocks as one request), so a cold check does not wait
+        // on each directory block in turn.
+        const RA: usize = 256;
+        let mut ra_upto = 0usize;
+        let bs = self.bs;
         while i < list.len() {
+            if i + RA / 2 >= ra_upto && ra_upto < list.len() {
+                let end = (ra_upto.max(i) + RA).min(list.len());
+                let mut blks: Vec<u64> = list[ra_upto.max(i)..end].iter().map(|d| d.pblk).collect();
+                blks.sort_unstable();
+                let mut k = 0;
+                while k < blks.len() {
+                    let mut n = 1;
+                    while k + n < blks.len() && blks[k + n] <= blks[k].saturating_add(n as u64) && n < 64 {
+                        n += 1;
+                    }
+                    let last = blks[k + n - 1];
+                    self.dev.device().will_need(blks[k].saturating_mul(bs), (last - blks[k] + 1).saturating_mul(bs));
+                    k += n;
+                }
+                ra_upto = end;
+            }
             let ino = list[i].ino;
             let mut j = i;
             while j < list.len() && list[j].ino == ino {

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# rumpfs-fsck benchmark: rumpfs-fsck -fn against e2fsck -fn on a 1 GiB ext4 image holding
+# 100,000 files (mke2fs -d), and rumpfs-fsck -fn on a makefs UFS2 image of the same tree;
+# cold and warm, interleaved, medians of wall time and peak RSS. Run as root (drop_caches).
+# See bench/README.md.
+#
+#   bench/fsck.sh                 full: 1 GiB, 100,000 files, 5 runs
+#   bench/fsck.sh --quick         smoke test: 256 MiB, 10,000 files, 1 run
+#   bench/fsck.sh --runs 9        more runs
+#   bench/fsck.sh --keep-image    keep the images in bench/out/work (and reuse them next time)
+#   bench/fsck.sh --no-build      use target/release/rumpfs-fsck as it is
+#   RUMPFS_FSCK_BIN=/path/to/rumpfs-fsck bench/fsck.sh --no-build   another binary
+#
+# Results: bench/out/latest-fsck.txt, bench/out/fsck-results-*.{txt,json}. It mounts nothing;
+# the images are removed at the end unless --keep-image.
+set -euo pipefail
+: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
+export HOME
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "bench: run as root (it drops the page cache)" >&2
+    exit 1
+fi
+
+build=1
+args=()
+for a in "$@"; do
+    case "$a" in
+        --no-build) build=0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        *) args+=("$a") ;;
+    esac
+done
+
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+if [ $build -eq 1 ]; then
+    echo "bench: cargo build --release -p rumpfs-mount --bins" >&2
+    cargo build --release -p rumpfs-mount --bins
+fi
+
+out="$repo/bench/out"
+mkdir -p "$out/work"
+exec python3 "$repo/bench/fsck.py" --work "$out/work" --out "$out" \
+    --bin "${RUMPFS_FSCK_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/rumpfs-fsck}" "${args[@]}"
