@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 
+sys.dont_write_bytecode = True  # no bench/__pycache__ from importing bench.py
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import Abort, MiB, drop_caches, log, on_signal, run  # noqa: E402
 
