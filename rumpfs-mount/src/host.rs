@@ -133,14 +133,22 @@ impl Hypercalls for HostPlatform {
     }
 
     fn random(&self, buf: &mut [u8]) {
-        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-            if f.read_exact(buf).is_ok() {
-                return;
+        let mut filled = 0;
+        while filled < buf.len() {
+            let rest = &mut buf[filled..];
+            // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`, which we own.
+            let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+            if n <= 0 {
+                break;
             }
+            filled += n as usize;
+        }
+        if filled == buf.len() {
+            return;
         }
         // Fall back to a clock-seeded generator (randomness here is never used for keys).
         let mut x = self.start.elapsed().as_nanos() as u64 ^ std::process::id() as u64 | 1;
-        for b in buf {
+        for b in &mut buf[filled..] {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
