@@ -87,8 +87,9 @@ def run(cmd, check=True, **kw):
 # ------------------------------------------------------------------------------------------
 # The image
 
-def make_image(work, size_mib, nfiles, seed):
-    """Make the source tree and the ext2 image from it with mke2fs -d; return its facts."""
+def make_image(work, size_mib, nfiles, seed, keep_src=False):
+    """Make the source tree and the ext2 image from it with mke2fs -d; return its facts.
+    keep_src: leave the tree in WORK/src (for another image of it, e.g. bench/ffs.py's)."""
     src = os.path.join(work, "src")
     img = os.path.join(work, "bench.img")
     shutil.rmtree(src, ignore_errors=True)
@@ -142,7 +143,8 @@ def make_image(work, size_mib, nfiles, seed):
         os.unlink(img)
     run(["mke2fs", "-q", "-F", "-t", "ext2", "-b", "4096", "-m", "0", "-L", "rumpfs-bench",
          "-d", src, img, f"{size_k}k"])
-    shutil.rmtree(src)
+    if not keep_src:
+        shutil.rmtree(src)
     return {
         "image": img,
         "image_bytes": os.path.getsize(img),
@@ -169,6 +171,7 @@ class Mounter:
         self.rumpfs_bin = rumpfs_bin
         self.rumpfs_opts = rumpfs_opts
         self.loop = None
+        self.kinds = KINDS  # the mount points cleanup_all looks at
         self.current = None  # (kind, mnt, pid)
         self.peak = {}  # kind -> list of (workload group, VmHWM kB)
 
@@ -240,12 +243,7 @@ class Mounter:
             raise MountFailed(f"{mnt} is still mounted")
         drop_caches()
         self.note(f"mount {mnt}")
-        if kind == "kernel":
-            cmd = ["mount", "-t", "ext2", "-o", "ro", self.loop, mnt]
-        elif kind == "fuse2fs":
-            cmd = ["fuse2fs", "-o", "ro", self.img, mnt]
-        else:
-            cmd = [self.rumpfs_bin, "-o", ",".join(["ro"] + self.rumpfs_opts), self.img, mnt]
+        cmd = self.command(kind, mnt)
         try:
             p = run(cmd, check=False, capture_output=True, text=True, timeout=60)
         except subprocess.TimeoutExpired:
@@ -265,6 +263,14 @@ class Mounter:
                 self.note(f"pid {pid} {mnt}")
         self.current = (kind, mnt, pid)
         return mnt
+
+    def command(self, kind, mnt):
+        """The command that mounts kind on mnt (a subclass adds kinds)."""
+        if kind == "kernel":
+            return ["mount", "-t", "ext2", "-o", "ro", self.loop, mnt]
+        if kind == "fuse2fs":
+            return ["fuse2fs", "-o", "ro", self.img, mnt]
+        return [self.rumpfs_bin, "-o", ",".join(["ro"] + self.rumpfs_opts), self.img, mnt]
 
     def record_peak(self, group):
         if self.current and self.current[2] is not None:
@@ -303,7 +309,7 @@ class Mounter:
         try:
             self.umount()
         finally:
-            for kind in KINDS:
+            for kind in self.kinds:
                 m = self.mnt(kind)
                 if os.path.ismount(m):
                     self.unmount_path(m, self.server_pid(m))

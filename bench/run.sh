@@ -9,6 +9,8 @@
 #   bench/run.sh --no-build      use target/release/rumpfs-mount as it is
 #   bench/run.sh --mounts kernel,fuse2fs      a subset of the three
 #   bench/run.sh --rumpfs-opts cache=256M     extra -o options for rumpfs-mount
+#   bench/run.sh --fs ffs        FFS (UFS2, 32k/4k, makefs) beside ext2 through rumpfs-mount and
+#                                the kernel's ext2: bench/ffs.py (results: latest-ffs.txt)
 #   RUMPFS_MOUNT_BIN=/path/to/rumpfs-mount bench/run.sh --no-build   another binary
 #
 # Results: bench/out/latest.txt, bench/out/results-*.{txt,json}. Every mount, server and loop
@@ -27,14 +29,27 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 build=1
+helper=bench.py
+want_fs=""
 args=()
 for a in "$@"; do
+    if [ "$want_fs" = next ]; then
+        want_fs="$a"
+        continue
+    fi
     case "$a" in
         --no-build) build=0 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --fs) want_fs=next ;;
+        --fs=*) want_fs="${a#--fs=}" ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) args+=("$a") ;;
     esac
 done
+case "$want_fs" in
+    ""|ext2) ;;
+    ffs) helper=ffs.py ;;
+    *) echo "bench: --fs: ext2 or ffs, not '$want_fs'" >&2; exit 1 ;;
+esac
 
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 if [ $build -eq 1 ]; then
@@ -44,6 +59,7 @@ fi
 
 out="$repo/bench/out"
 work="$out/work"
+[ "$helper" = ffs.py ] && work="$out/work-ffs"
 state="$work/state"
 mkdir -p "$work"
 : >"$state"
@@ -91,7 +107,7 @@ trap cleanup EXIT
 trap 'exit 130' INT HUP
 trap 'exit 143' TERM
 
-python3 "$repo/bench/bench.py" --work "$work" --state "$state" --out "$out" \
+python3 "$repo/bench/$helper" --work "$work" --state "$state" --out "$out" \
     --bin "${RUMPFS_MOUNT_BIN:-$repo/target/release/rumpfs-mount}" "${args[@]}" &
 pypid=$!
 wait "$pypid"

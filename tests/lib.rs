@@ -1934,6 +1934,13 @@ pub fn ffs_tree() -> &'static SourceTree {
 
 /// `makefs -t ffs -B order -o opts -s 64m -f 20% img src` (Debian's NetBSD makefs).
 pub fn makefs(img: &Path, src: &Path, opts: &str, order: &str) {
-    let out = run(tool("makefs").args(["-t", "ffs", "-B", order, "-o", opts, "-s", "64m", "-f", "20%"]).arg(img).arg(src));
+    makefs_sized(img, src, opts, order, "64m", "20%");
+}
+
+/// `makefs -t ffs -B order -o opts -s size -f free_files img src`: `free_files` is how many
+/// inodes stay free beyond the source's (a count, or a percentage of the source's), so an
+/// image made to be written to wants a count.
+pub fn makefs_sized(img: &Path, src: &Path, opts: &str, order: &str, size: &str, free_files: &str) {
+    let out = run(tool("makefs").args(["-t", "ffs", "-B", order, "-o", opts, "-s", size, "-f", free_files]).arg(img).arg(src));
     assert!(out.ok(), "makefs -o {opts}: {}\n{}", out.stdout, out.stderr);
 }
