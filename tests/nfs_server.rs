@@ -2,25 +2,38 @@
 //! temporary directory, with rpcbind as its portmapper.
 //!
 //! One server per portmapper: tests that use it hold [`NfsServer::start`]'s lock for their whole
-//! run. rpcbind is started only when none runs, and then stopped (by its pid) when the test
+//! run — an in-process mutex and an exclusive `flock` on [`SERVER_LOCK_FILE`], which
+//! `bench/nfs.sh` takes too, so test binaries and the benchmark never share port 2049. rpcbind is started only when none runs, and then stopped (by its pid) when the test
 //! process exits; ganesha is stopped by its pid on every path (a Drop guard).
 
 use rumpfs_tests::*;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::os::fd::AsRawFd;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub const NFS_PORT: u16 = 2049;
 pub const MNT_PORT: u16 = 20048;
 
-static RPCBIND_PID: OnceLock<Option<i32>> = OnceLock::new();
+/// The rpcbind this process started, if any (stopped at exit).
+static RPCBIND_PID: Mutex<Option<i32>> = Mutex::new(None);
 
 extern "C" fn stop_rpcbind() {
-    if let Some(Some(pid)) = RPCBIND_PID.get() {
-        // SAFETY: a process we started ourselves, by its pid.
-        unsafe { libc::kill(*pid, libc::SIGTERM) };
+    let pid = RPCBIND_PID.lock().map(|p| *p).unwrap_or(None);
+    if let Some(pid) = pid {
+        // Wait for whoever (another test binary, the benchmark) is using a server registered
+        // with our rpcbind to finish before taking it away.
+        if let Ok(f) = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(SERVER_LOCK_FILE) {
+            // SAFETY: flock on a descriptor we own; released when `f` closes.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+            // SAFETY: a process we started ourselves, by its pid.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            return;
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
     }
 }
 
@@ -40,20 +53,21 @@ fn wait_port(port: u16, open: bool, limit: Duration) -> bool {
 }
 
 /// rpcbind on 127.0.0.1:111: the one already running, or one we start (and stop at exit).
+/// Called with the server lock held, so no other user of the port races it.
 fn ensure_rpcbind() {
-    RPCBIND_PID.get_or_init(|| {
-        if port_open(111) {
-            return None;
-        }
-        let child = tool("rpcbind").arg("-f").arg("-w").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
-        let child = child.unwrap_or_else(|e| panic!("cannot start rpcbind: {e}"));
-        let pid = child.id() as i32;
-        std::mem::forget(child);
+    if port_open(111) {
+        return;
+    }
+    let mut ours = RPCBIND_PID.lock().unwrap_or_else(|e| e.into_inner());
+    let child = tool("rpcbind").arg("-f").arg("-w").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
+    let child = child.unwrap_or_else(|e| panic!("cannot start rpcbind: {e}"));
+    let pid = child.id() as i32;
+    std::mem::forget(child);
+    if ours.replace(pid).is_none() {
         // SAFETY: registering a plain extern "C" function with no captured state.
         unsafe { libc::atexit(stop_rpcbind) };
-        assert!(wait_port(111, true, Duration::from_secs(10)), "rpcbind did not start listening on port 111");
-        Some(pid)
-    });
+    }
+    assert!(wait_port(111, true, Duration::from_secs(10)), "rpcbind did not start listening on port 111");
 }
 
 /// A running nfs-ganesha exporting `export` read-write to 127.0.0.1.
@@ -63,14 +77,43 @@ pub struct NfsServer {
     conf: PathBuf,
     log: PathBuf,
     child: Option<Child>,
-    _lock: MutexGuard<'static, ()>,
+    _lock: ServerLock,
+}
+
+/// The file every user of port 2049 here (test binaries, `bench/nfs.sh`) locks exclusively
+/// while its server runs: one server per portmapper, across processes.
+pub const SERVER_LOCK_FILE: &str = "/tmp/rumpfs-nfs-server.lock";
+
+/// Held for a server's whole life: the in-process mutex (tests of one binary run in threads)
+/// and an exclusive `flock` on [`SERVER_LOCK_FILE`] (other test binaries, the benchmark).
+struct ServerLock {
+    _file: std::fs::File,
+    _guard: MutexGuard<'static, ()>,
+}
+
+impl ServerLock {
+    fn take() -> ServerLock {
+        static LOCK: Mutex<()> = Mutex::new(());
+        let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(SERVER_LOCK_FILE)
+            .unwrap_or_else(|e| panic!("cannot open {SERVER_LOCK_FILE}: {e}"));
+        // The lock file is shared by every user of the machine's NFS port.
+        let _ = std::fs::set_permissions(SERVER_LOCK_FILE, std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        // SAFETY: flock on a descriptor we own; blocks until the other holder is done.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(rc, 0, "flock {SERVER_LOCK_FILE}: {}", std::io::Error::last_os_error());
+        ServerLock { _file: file, _guard: guard }
+    }
 }
 
 impl NfsServer {
     /// Starts a server exporting a fresh, empty, world-writable directory.
     pub fn start() -> NfsServer {
-        static LOCK: Mutex<()> = Mutex::new(());
-        let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let lock = ServerLock::take();
         require_tools(&["ganesha.nfsd", "rpcbind", "nfs-ls", "nfs-cat", "fusermount3", "setpriv"]);
         ensure_rpcbind();
         let dir = tempdir();
