@@ -8,7 +8,7 @@
 //! Workloads run on ext2 (1k and 4k blocks), ext3 and ext4 with metadata_csum (4k and 1k).
 
 use rumpfs_tests::*;
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -367,6 +367,8 @@ fn fill_and_delete_half(k: Kind) {
     let m = mount_rw(&img);
     let mut rng = Rng::new(99);
     let mut files = Vec::new();
+    // The directory for the inode phase is made while there is room for it.
+    fs::create_dir(m.path("e")).unwrap();
     // Blocks first, in files of random sizes, until ENOSPC.
     let mut full = false;
     for i in 0.. {
@@ -388,7 +390,6 @@ fn fill_and_delete_half(k: Kind) {
     // Then inodes, until those run out too (or the blocks for directory entries).
     for i in 0.. {
         let p = m.path(&format!("e/f{i}"));
-        let _ = fs::create_dir(m.path("e"));
         match File::create(&p) {
             Ok(_) => files.push(p),
             Err(e) => {
@@ -633,6 +634,80 @@ fn posix_details() {
     assert_eq!((md.mtime(), md.mtime_nsec()), (1_500_000_000, 987_654_321));
     unmount(m);
     fsck_clean(&img, "posix details");
+}
+
+/// The privilege drops of write(2), truncate(2) and chown(2) (setuid, setgid when the group
+/// may execute, security.capability), done the same way on the mount and on the host's own
+/// file system: the kernel's behaviour there is the oracle. rumpfs-mount tells FUSE it drops
+/// these itself (FUSE_HANDLE_KILLPRIV_V2), so nothing of this comes from the kernel's FUSE
+/// client any more.
+fn privilege_drops(root: &Path) -> Vec<String> {
+    // A version-2 file capability (CAP_NET_BIND_SERVICE permitted).
+    let mut cap = Vec::new();
+    for w in [0x0200_0001u32, 1 << 10, 0, 0, 0] {
+        cap.extend_from_slice(&w.to_le_bytes());
+    }
+    let names = ["w1000", "wroot", "wcap", "t1000", "troot", "cown", "cgrp", "capown", "sgid-nox", "dir"];
+    for n in names {
+        let p = root.join(n);
+        if n == "dir" {
+            fs::create_dir(&p).unwrap();
+        } else {
+            fs::write(&p, b"data").unwrap();
+        }
+        lchown(&p, 1000, 1000);
+        chmod(&p, if n == "sgid-nox" { 0o2766 } else { 0o6777 });
+    }
+    lsetxattr(&root.join("wcap"), "security.capability", &cap);
+    lsetxattr(&root.join("capown"), "security.capability", &cap);
+    let user = |cmd: &str, rel: &str| {
+        let out = as_user(1001, 1001, "sh", &[OsStr::new("-c"), OsStr::new(cmd), OsStr::new("sh"), root.join(rel).as_os_str()]);
+        assert!(out.ok(), "{cmd} {rel} as uid 1001: {}", out.stderr);
+    };
+    user("echo more >> \"$1\"", "w1000");
+    user("echo more >> \"$1\"", "sgid-nox");
+    fs::OpenOptions::new().append(true).open(root.join("wroot")).unwrap().write_all_at(b"x", 4).unwrap();
+    fs::OpenOptions::new().append(true).open(root.join("wcap")).unwrap().write_all_at(b"x", 4).unwrap();
+    user("truncate -s 1 \"$1\"", "t1000");
+    fs::OpenOptions::new().write(true).open(root.join("troot")).unwrap().set_len(1).unwrap();
+    lchown(&root.join("cown"), 1001, 1000);
+    lchown(&root.join("cgrp"), 1000, 1001);
+    lchown(&root.join("capown"), 1001, 1001);
+    lchown(&root.join("dir"), 1001, 1001);
+    names.iter().map(|n| privileges_of(root, n)).collect()
+}
+
+/// One line per file: mode, owner, whether it keeps a file capability, size.
+fn privileges_of(root: &Path, name: &str) -> String {
+    let p = root.join(name);
+    let md = fs::symlink_metadata(&p).unwrap();
+    let caps = xattrs(&p).unwrap().contains_key(&b"security.capability"[..]);
+    let size = if md.is_dir() { 0 } else { md.len() };
+    format!("{name}: mode {:o} owner {}:{} capability {caps} size {size}", md.mode(), md.uid(), md.gid())
+}
+
+#[test]
+fn setuid_setgid_and_capabilities_dropped_as_the_kernel_does() {
+    setup();
+    require_tools(&["setpriv", "sh", "truncate"]);
+    let d = tempdir();
+    let host = d.path().join("host");
+    fs::create_dir(&host).unwrap();
+    chmod(&host, 0o777);
+    let img = image(d.path(), EXT4_4K, &[], Some("64M"));
+    // allow_other: uid 1001 writes and truncates through the mount too.
+    let m = Mounted::with(&img, MountSpec::opts("allow_other"));
+    chmod(&m.mnt, 0o777);
+    let want = privilege_drops(&host);
+    let got = privilege_drops(&m.mnt);
+    assert_eq!(got, want, "the mount (left) and the host's kernel (right) disagree");
+    unmount(m);
+    fsck_clean(&img, "privilege drops");
+    // What reached the image, read back by a fresh mount.
+    let m = mount_rw(&img);
+    let again: Vec<String> = want.iter().map(|line| privileges_of(&m.mnt, line.split(':').next().unwrap())).collect();
+    assert_eq!(again, want, "after a remount");
+    unmount(m);
 }
 
 fn renameat2(a: &Path, b: &Path, flags: u32) -> io::Result<()> {

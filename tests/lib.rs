@@ -1172,6 +1172,14 @@ pub fn server_pids(mnt: &Path) -> Vec<i32> {
         if pid == me {
             continue;
         }
+        // The name first (no lock of the process's memory): reading the arguments of an
+        // unrelated process blocks while one of its threads faults on a hung FUSE mount.
+        let Ok(comm) = fs::read(format!("/proc/{pid}/comm")) else { continue };
+        let comm = comm.strip_suffix(b"\n").unwrap_or(&comm);
+        let bin = bin_name.as_bytes();
+        if comm != &bin[..bin.len().min(15)] {
+            continue;
+        }
         let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
         let names_mnt = args.iter().any(|a| *a == mnt.as_os_str().as_bytes());

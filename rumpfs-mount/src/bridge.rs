@@ -236,7 +236,12 @@ impl Filesystem for Bridge {
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
-            | InitFlags::FUSE_ASYNC_READ;
+            | InitFlags::FUSE_ASYNC_READ
+            // We clear setuid/setgid on write, truncate and chown ourselves (vfs-faction's
+            // write and setattr do, by the kernel's rules), so the kernel need not refresh the
+            // attributes (a GETATTR) before each chown, nor ask for security.capability
+            // before every write: the inode is marked "no privileges" after the first.
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let _ = config.add_capabilities(want & config.capabilities());
         let _ = config.set_max_write(MAX_READ);
         let _ = config.set_max_readahead(MAX_READ);

@@ -340,8 +340,11 @@ pub trait FileSystem: Send + Sync {
 
     /// A file descriptor on the file is being closed (FUSE flush). NFS writes back and commits
     /// here, so that a write error reaches close(2) and others see the data after it.
+    /// `Err(ENOSYS)` (the default): closing needs nothing from this file system, now or later,
+    /// so a front end may stop asking (FUSE then sends no more FLUSH requests: one round trip
+    /// less per close(2)).
     fn flush(&self, _vn: &Vnode) -> KResult<()> {
-        Ok(())
+        Err(Errno::ENOSYS)
     }
 
     /// How long a front end may cache names and attributes (and whether file contents may be

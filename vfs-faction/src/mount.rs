@@ -574,10 +574,12 @@ impl Mount {
         self.fs.sync()
     }
 
-    /// A file descriptor on the open file `vn` is being closed (see [`FileSystem::flush`]).
+    /// A file descriptor on the open file `vn` is being closed (see [`FileSystem::flush`]):
+    /// `Err(ENOSYS)` when closing needs nothing from this mount (read-only, or a local file
+    /// system), so the front end can stop asking.
     pub fn flush(&self, cred: &Cred, vn: &Vnode) -> KResult<()> {
         if self.read_only {
-            return Ok(());
+            return Err(Errno::ENOSYS);
         }
         self.fs_as(cred).flush(vn)
     }

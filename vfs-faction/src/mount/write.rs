@@ -12,6 +12,21 @@ use std::sync::Arc;
 
 const S_ISUID: u32 = 0o4000;
 const S_ISGID: u32 = 0o2000;
+
+/// The mode a regular file keeps after a write or truncate by `cred` who is not root (Linux's
+/// `setattr_should_drop_suidgid`): setuid goes; setgid goes when the group may execute, or
+/// when the writer is not in the file's group. Only the caller's primary group is known here,
+/// so a member through a supplementary group loses setgid too (the safe side).
+fn dropped_by_write(a: &Attr, cred: &Cred) -> u32 {
+    if a.kind != FileType::Regular || cred.is_root() {
+        return a.perm;
+    }
+    let mut perm = a.perm & !S_ISUID;
+    if perm & S_ISGID != 0 && (perm & 0o010 != 0 || !cred.in_group(a.gid)) {
+        perm &= !S_ISGID;
+    }
+    perm
+}
 const S_ISVTX: u32 = 0o1000;
 
 /// A time argument of utimensat(2).
@@ -340,17 +355,16 @@ impl Mount {
         r
     }
 
-    /// Writes to an open file. A write by anyone but root clears setuid, and setgid when the
-    /// group may execute, as Linux does.
+    /// Writes to an open file. A write by anyone but root drops privileges as Linux does
+    /// ([`dropped_by_write`]).
     pub fn write(&self, cred: &Cred, vn: &Vnode, off: u64, data: &[u8]) -> KResult<usize> {
         let fs = self.fs_as(cred);
         self.writable()?;
         let n = fs.write(vn, off, data)?;
         if !cred.is_root() {
             let a = fs.getattr(vn)?;
-            let kill = a.perm & S_ISUID != 0 || a.perm & (S_ISGID | 0o010) == S_ISGID | 0o010;
-            if kill && a.kind == FileType::Regular {
-                let perm = a.perm & !S_ISUID & !(if a.perm & 0o010 != 0 { S_ISGID } else { 0 });
+            let perm = dropped_by_write(&a, cred);
+            if perm != a.perm {
                 fs.setattr(vn, &SetAttr { perm: Some(perm), ..Default::default() })?;
             }
         }
@@ -425,6 +439,15 @@ impl Mount {
                     check_access(&a, cred, W_OK)?;
                 }
                 set.size = Some(sz);
+                // truncate(2) by anyone but root drops privileges as a write does (the FUSE
+                // front end leaves this to us).
+                if !cred.is_root() {
+                    let kept = dropped_by_write(&Attr { perm: new_perm, ..a.clone() }, cred);
+                    if kept != new_perm {
+                        new_perm = kept;
+                        set.perm = Some(new_perm);
+                    }
+                }
             }
             let now = self.hyper.clock_realtime();
             let explicit = matches!(atime, Some(TimeSet::At(_))) || matches!(mtime, Some(TimeSet::At(_)));
