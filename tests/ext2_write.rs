@@ -94,35 +94,8 @@ fn pin_times(root: &Path) {
     walk(root);
 }
 
-/// A kernel ext4 mount of `img` on a loop device, read-only; `None` (with a message) where the
-/// machine does not allow it.
-struct LoopMount(PathBuf, tempfile::TempDir);
-
-impl LoopMount {
-    fn new(img: &Path) -> Option<LoopMount> {
-        let d = tempdir();
-        let mnt = d.path().join("k");
-        fs::create_dir(&mnt).unwrap();
-        let out = run(tool("mount").args(["-t", "ext4", "-o", "loop,ro,noload"]).arg(img).arg(&mnt));
-        if !out.ok() {
-            eprintln!("SKIP kernel cross-check: mount -o loop failed: {}", out.stderr.trim());
-            return None;
-        }
-        Some(LoopMount(mnt, d))
-    }
-}
-
-impl Drop for LoopMount {
-    fn drop(&mut self) {
-        let out = run(tool("umount").arg(&self.0));
-        if !out.ok() {
-            let _ = run(tool("umount").arg("-l").arg(&self.0));
-        }
-    }
-}
-
 fn kernel_sees(img: &Path, reference: &Path, opts: &CompareOpts) {
-    if let Some(l) = LoopMount::new(img) {
+    if let Some(l) = LoopMount::new(img, &["-t", "ext4", "-o", "loop,ro,noload"]) {
         let d = compare_trees(reference, &l.0, opts);
         assert!(d.is_empty(), "the kernel's ext4 driver sees a different tree in {}:\n  {}", img.display(), d.join("\n  "));
     }

@@ -1192,6 +1192,33 @@ pub fn server_pids(mnt: &Path) -> Vec<i32> {
     pids
 }
 
+/// A kernel mount of an image on a loop device (`mount ARGS img dir`, e.g. `-o loop,ro`),
+/// unmounted when dropped; `None` (with a SKIP message) where the machine does not allow it.
+pub struct LoopMount(pub PathBuf, TempDir);
+
+impl LoopMount {
+    pub fn new(img: &Path, args: &[&str]) -> Option<LoopMount> {
+        let d = tempdir();
+        let mnt = d.path().join("k");
+        fs::create_dir(&mnt).unwrap();
+        let out = run(tool("mount").args(args).arg(img).arg(&mnt));
+        if !out.ok() {
+            eprintln!("SKIP kernel cross-check: mount {} failed: {}", args.join(" "), out.stderr.trim());
+            return None;
+        }
+        Some(LoopMount(mnt, d))
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let out = run(tool("umount").arg(&self.0));
+        if !out.ok() {
+            let _ = run(tool("umount").arg("-l").arg(&self.0));
+        }
+    }
+}
+
 /// Makes sure the fuse control file system is mounted (for aborting hung connections).
 fn ensure_fusectl() {
     static ONCE: OnceLock<()> = OnceLock::new();

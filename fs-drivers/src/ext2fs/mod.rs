@@ -242,6 +242,7 @@ fn mount_block(
         ns: RwLock::new(()),
         live: Mutex::new(HashMap::new()),
         gen: AtomicU32::new(0),
+        df: std::sync::OnceLock::new(),
         sb,
     };
     if !read_only {
@@ -262,6 +263,8 @@ fn mount_block(
 /// `s_journal_uuid`, `s_journal_inum`, `s_journal_dev`.
 const SB_JOURNAL_UUID: usize = 0xD0;
 const SB_JOURNAL_INUM: usize = 0xE0;
+/// `s_reserved_gdt_blocks`: descriptor blocks kept for online growth.
+const SB_RESERVED_GDT_BLOCKS: usize = 0xCE;
 const SB_JOURNAL_DEV: usize = 0xE4;
 
 /// Replays the internal journal of the file system on `dev` (superblock `sb`, raw `raw`),
@@ -321,6 +324,7 @@ fn recover(
         ns: RwLock::new(()),
         live: Mutex::new(HashMap::new()),
         gen: AtomicU32::new(0),
+        df: std::sync::OnceLock::new(),
         sb: sb.clone(),
     };
     let r = journal::replay(&fs, jino).map_err(|m| corrupt(format!("cannot replay the journal: {m}")))?;
@@ -417,6 +421,9 @@ pub struct Ext2Fs {
     /// In-memory inodes in use, so every vnode of one inode shares one state.
     live: Mutex<HashMap<u32, Weak<NodeInner>>>,
     gen: AtomicU32,
+    /// (metadata blocks, blocks kept back from ordinary users beyond `s_r_blocks_count`) as
+    /// the Linux drivers count them for statfs; computed at the first statfs.
+    df: std::sync::OnceLock<(u64, u64)>,
 }
 
 /// Name → (inode, directory block) of a large directory.
@@ -557,6 +564,47 @@ impl Ext2Fs {
     fn group_info(&self, g: usize) -> Option<(u64, u16, u32)> {
         let st = self.lock_alloc();
         st.groups.get(g).map(|d| (d.inode_table(), d.flags(), d.itable_unused()))
+    }
+
+    /// What `df` subtracts, the way the kernel's ext2/ext4 drivers count it, so `df` on our
+    /// mount shows what it shows on theirs: (metadata blocks, reserved blocks beyond
+    /// `s_r_blocks_count`). Metadata: the blocks before `s_first_data_block`; in each group
+    /// with a superblock backup the superblock, its descriptor blocks and the reserved
+    /// descriptor blocks (with meta_bg, the descriptor block of the first, second and last
+    /// group of each meta group); two bitmaps and an inode table per group; the internal
+    /// journal. Kept back: ext4's reservation for extent-mapped file systems, 2% of the
+    /// blocks and at most 4096.
+    fn df_overhead(&self) -> (u64, u64) {
+        let sb = &self.sb;
+        let raw = self.raw_sb.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let reserved_gdt = u64::from(le16(&raw, SB_RESERVED_GDT_BLOCKS));
+        let per_block = (sb.block_size / sb.desc_size.max(1)).max(1);
+        let meta_bg = sb.has_incompat(superblock::incompat::META_BG);
+        let classic_gdb = if meta_bg { u64::from(sb.first_meta_bg) } else { u64::from(sb.group_count.div_ceil(per_block)) };
+        let itb = sb.inode_table_blocks();
+        let mut o = u64::from(sb.first_data_block);
+        for g in 0..sb.group_count {
+            let sup = sb.group_has_super(g);
+            o += u64::from(sup);
+            let mg = g / per_block;
+            if meta_bg && mg >= sb.first_meta_bg {
+                let first = mg * per_block;
+                o += u64::from(g == first || g == first + 1 || g == first + per_block - 1);
+            } else if sup {
+                o += classic_gdb + reserved_gdt;
+            }
+            o += 2 + itb;
+        }
+        let jino = le32(&raw, SB_JOURNAL_INUM);
+        let jdev = le32(&raw, SB_JOURNAL_DEV);
+        if sb.has_compat(superblock::compat::HAS_JOURNAL) && jino != 0 && jdev == 0 {
+            match self.read_inode(jino) {
+                Ok(j) => o += j.size / u64::from(sb.block_size),
+                Err(e) => log::warn!("{}: statfs: cannot read journal inode {jino}: {e}", self.name),
+            }
+        }
+        let kept = if sb.has_incompat(superblock::incompat::EXTENTS) { (sb.blocks_count / 50).min(4096) } else { 0 };
+        (o.min(sb.blocks_count), kept)
     }
 
     fn read_inode(&self, ino: u32) -> KResult<Inode> {
@@ -982,11 +1030,12 @@ impl FileSystem for Ext2Fs {
             (st.free_blocks, st.free_inodes)
         };
         let bfree = fb.min(sb.blocks_count);
+        let (overhead, kept) = *self.df.get_or_init(|| self.df_overhead());
         Ok(StatFs {
             bsize: sb.block_size,
-            blocks: sb.blocks_count,
+            blocks: sb.blocks_count.saturating_sub(overhead).max(bfree),
             bfree,
-            bavail: bfree.saturating_sub(sb.r_blocks_count),
+            bavail: bfree.saturating_sub(sb.r_blocks_count).saturating_sub(kept),
             files: u64::from(sb.inodes_count),
             ffree: fi.min(u64::from(sb.inodes_count)),
             namemax: 255,
