@@ -20,7 +20,60 @@ fn stored_csum(d: &GroupDesc, lo: usize, hi: usize) -> u32 {
     v
 }
 
+/// One group's bitmap (of blocks or of inodes) compared with what passes 1-4 found in use.
+struct Bitmap {
+    /// "block" or "inode".
+    what: &'static str,
+    /// Numbers (block or inode) in use but marked free, and free but marked in use.
+    plus: Vec<u64>,
+    minus: Vec<u64>,
+    /// The bits past the group's last entry are not all set.
+    bad_padding: bool,
+    /// (stored, computed) checksum, where metadata_csum keeps one and the bitmap is on disk.
+    csum: Option<(u32, u32)>,
+}
+
 impl Checker<'_> {
+    /// Reports what is wrong with a bitmap; true if it is to be rewritten (the repair allowed).
+    fn bitmap_verdict(&mut self, obj: &str, b: &Bitmap) -> bool {
+        let mut rewrite = false;
+        if b.bad_padding {
+            let m = format!("padding at the end of the {} bitmap is not set", b.what);
+            let p = self.problem(Level::Preen, PH, obj.to_string(), m, Some("set it"));
+            rewrite |= self.fix_with(p, |_| Ok(()));
+        }
+        if !b.plus.is_empty() || !b.minus.is_empty() {
+            let mut m = format!("{} bitmap differences:", b.what);
+            if !b.plus.is_empty() {
+                m.push_str(&format!(" +({}) in use but marked free", ranges(&b.plus)));
+            }
+            if !b.minus.is_empty() {
+                m.push_str(&format!(" -({}) free but marked in use", ranges(&b.minus)));
+            }
+            let p = self.problem(Level::Preen, PH, obj.to_string(), m, Some(&format!("rewrite the {} bitmap", b.what)));
+            rewrite |= self.fix_with(p, |_| Ok(()));
+        } else if let Some((have, c)) = b.csum.filter(|(have, c)| have != c) {
+            let m = format!("{} bitmap checksum is 0x{have:x}, should be 0x{c:x}", b.what);
+            let p = self.problem(Level::Preen, PH, obj.to_string(), m, Some("rewrite the checksum"));
+            rewrite |= self.fix_with(p, |_| Ok(()));
+        }
+        rewrite
+    }
+
+    /// Reports a group count that differs from the one counted, and sets it if allowed.
+    fn count_verdict(&mut self, obj: &str, what: &str, have: u64, counted: u64, gi: usize, set: impl FnOnce(&mut GroupDesc)) {
+        if have == counted {
+            return;
+        }
+        let m = format!("{what} count is {have}, counted {counted}");
+        let p = self.problem(Level::Preen, PH, obj.to_string(), m, Some("fix the count"));
+        self.fix_with(p, |c| {
+            set(&mut c.groups[gi]);
+            c.gd_dirty[gi] = true;
+            Ok(())
+        });
+    }
+
     pub(super) fn pass5(&mut self) -> KResult<()> {
         let sb = self.sb.clone();
         let bs = self.bs as usize;
@@ -57,8 +110,7 @@ impl Checker<'_> {
             } else {
                 self.dev.bread(self.groups[gi].block_bitmap())?.to_vec()
             };
-            let mut plus = Vec::new();
-            let mut minus = Vec::new();
+            let mut b = Bitmap { what: "block", plus: Vec::new(), minus: Vec::new(), bad_padding: false, csum: None };
             let mut want = vec![0u8; bs];
             let mut free = 0u64;
             for i in 0..nb {
@@ -69,9 +121,9 @@ impl Checker<'_> {
                 }
                 let on = disk_bit(&disk, i as usize);
                 if used && !on {
-                    plus.push(first + i);
+                    b.plus.push(first + i);
                 } else if !used && on {
-                    minus.push(first + i);
+                    b.minus.push(first + i);
                 }
             }
             // Bits past the group's blocks are set, as mke2fs leaves them.
@@ -79,47 +131,12 @@ impl Checker<'_> {
                 put_disk_bit(&mut want, i, true);
             }
             total_free_blocks += free;
-            let mut rewrite = false;
             let last = g + 1 == sb.group_count;
-            if last && !block_uninit && (nb as usize..(sb.blocks_per_group as usize).min(bs * 8)).any(|i| !disk_bit(&disk, i)) {
-                let p = self.problem(Level::Preen, PH, obj.clone(), "padding at the end of the block bitmap is not set".into(), Some("set it"));
-                if self.want(&p) {
-                    rewrite = true;
-                    self.done(p, true);
-                } else {
-                    self.unfixed(p);
-                }
+            b.bad_padding = last && !block_uninit && (nb as usize..(sb.blocks_per_group as usize).min(bs * 8)).any(|i| !disk_bit(&disk, i));
+            if sb.metadata_csum() && !block_uninit {
+                b.csum = Some((stored_csum(&self.groups[gi], 0x18, 0x38), mask(update::bitmap_csum(&sb, &disk, sb.blocks_per_group))));
             }
-            if !plus.is_empty() || !minus.is_empty() {
-                let mut m = String::from("block bitmap differences:");
-                if !plus.is_empty() {
-                    m.push_str(&format!(" +({}) in use but marked free", ranges(&plus)));
-                }
-                if !minus.is_empty() {
-                    m.push_str(&format!(" -({}) free but marked in use", ranges(&minus)));
-                }
-                let p = self.problem(Level::Preen, PH, obj.clone(), m, Some("rewrite the block bitmap"));
-                if self.want(&p) {
-                    rewrite = true;
-                    self.done(p, true);
-                } else {
-                    self.unfixed(p);
-                }
-            } else if sb.metadata_csum() && !block_uninit {
-                let have = stored_csum(&self.groups[gi], 0x18, 0x38);
-                let c = mask(update::bitmap_csum(&sb, &disk, sb.blocks_per_group));
-                if have != c {
-                    let m = format!("block bitmap checksum is 0x{have:x}, should be 0x{c:x}");
-                    let p = self.problem(Level::Preen, PH, obj.clone(), m, Some("rewrite the checksum"));
-                    if self.want(&p) {
-                        rewrite = true;
-                        self.done(p, true);
-                    } else {
-                        self.unfixed(p);
-                    }
-                }
-            }
-            if rewrite {
+            if self.bitmap_verdict(&obj, &b) {
                 let d = &mut self.groups[gi];
                 update::write_block_bitmap(&sb, &self.dev, d, want)?;
                 if csums {
@@ -129,23 +146,12 @@ impl Checker<'_> {
                 self.wrote = true;
             }
             let have_free = u64::from(self.groups[gi].free_blocks());
-            if have_free != free {
-                let m = format!("free blocks count is {have_free}, counted {free}");
-                let p = self.problem(Level::Preen, PH, obj.clone(), m, Some("fix the count"));
-                if self.want(&p) {
-                    self.groups[gi].set_free_blocks(free as u32);
-                    self.gd_dirty[gi] = true;
-                    self.done(p, true);
-                } else {
-                    self.unfixed(p);
-                }
-            }
+            self.count_verdict(&obj, "free blocks", have_free, free, gi, |d| d.set_free_blocks(free as u32));
             // Inodes.
             let inode_uninit = csums && flags & group::BG_INODE_UNINIT != 0;
             let disk: Vec<u8> =
                 if inode_uninit { vec![0u8; bs] } else { self.dev.bread(self.groups[gi].inode_bitmap())?.to_vec() };
-            let mut plus = Vec::new();
-            let mut minus = Vec::new();
+            let mut b = Bitmap { what: "inode", plus: Vec::new(), minus: Vec::new(), bad_padding: false, csum: None };
             let mut want = vec![0u8; bs];
             let mut free = 0u32;
             let mut dirs = 0u32;
@@ -165,55 +171,20 @@ impl Checker<'_> {
                 }
                 let on = disk_bit(&disk, i as usize);
                 if used && !on {
-                    plus.push(u64::from(ino));
+                    b.plus.push(u64::from(ino));
                 } else if !used && on {
-                    minus.push(u64::from(ino));
+                    b.minus.push(u64::from(ino));
                 }
             }
             for i in ipg as usize..bs * 8 {
                 put_disk_bit(&mut want, i, true);
             }
             total_free_inodes += u64::from(free);
-            let mut rewrite = false;
-            if !inode_uninit && (ipg as usize..bs * 8).any(|i| !disk_bit(&disk, i)) {
-                let p = self.problem(Level::Preen, PH, obj.clone(), "padding at the end of the inode bitmap is not set".into(), Some("set it"));
-                if self.want(&p) {
-                    rewrite = true;
-                    self.done(p, true);
-                } else {
-                    self.unfixed(p);
-                }
+            b.bad_padding = !inode_uninit && (ipg as usize..bs * 8).any(|i| !disk_bit(&disk, i));
+            if sb.metadata_csum() && !inode_uninit {
+                b.csum = Some((stored_csum(&self.groups[gi], 0x1A, 0x3A), mask(update::bitmap_csum(&sb, &disk, ipg))));
             }
-            if !plus.is_empty() || !minus.is_empty() {
-                let mut m = String::from("inode bitmap differences:");
-                if !plus.is_empty() {
-                    m.push_str(&format!(" +({}) in use but marked free", ranges(&plus)));
-                }
-                if !minus.is_empty() {
-                    m.push_str(&format!(" -({}) free but marked in use", ranges(&minus)));
-                }
-                let p = self.problem(Level::Preen, PH, obj.clone(), m, Some("rewrite the inode bitmap"));
-                if self.want(&p) {
-                    rewrite = true;
-                    self.done(p, true);
-                } else {
-                    self.unfixed(p);
-                }
-            } else if sb.metadata_csum() && !inode_uninit {
-                let have = stored_csum(&self.groups[gi], 0x1A, 0x3A);
-                let c = mask(update::bitmap_csum(&sb, &disk, ipg));
-                if have != c {
-                    let m = format!("inode bitmap checksum is 0x{have:x}, should be 0x{c:x}");
-                    let p = self.problem(Level::Preen, PH, obj.clone(), m, Some("rewrite the checksum"));
-                    if self.want(&p) {
-                        rewrite = true;
-                        self.done(p, true);
-                    } else {
-                        self.unfixed(p);
-                    }
-                }
-            }
-            if rewrite {
+            if self.bitmap_verdict(&obj, &b) {
                 let d = &mut self.groups[gi];
                 update::write_inode_bitmap(&sb, &self.dev, d, want)?;
                 if csums {
@@ -223,42 +194,20 @@ impl Checker<'_> {
                 self.wrote = true;
             }
             let have_free = self.groups[gi].free_inodes();
-            if have_free != free {
-                let m = format!("free inodes count is {have_free}, counted {free}");
-                let p = self.problem(Level::Preen, PH, obj.clone(), m, Some("fix the count"));
-                if self.want(&p) {
-                    self.groups[gi].set_free_inodes(free);
-                    self.gd_dirty[gi] = true;
-                    self.done(p, true);
-                } else {
-                    self.unfixed(p);
-                }
-            }
+            self.count_verdict(&obj, "free inodes", u64::from(have_free), u64::from(free), gi, |d| d.set_free_inodes(free));
             let have_dirs = self.groups[gi].used_dirs();
-            if have_dirs != dirs {
-                let m = format!("directories count is {have_dirs}, counted {dirs}");
-                let p = self.problem(Level::Preen, PH, obj.clone(), m, Some("fix the count"));
-                if self.want(&p) {
-                    self.groups[gi].set_used_dirs(dirs);
-                    self.gd_dirty[gi] = true;
-                    self.done(p, true);
-                } else {
-                    self.unfixed(p);
-                }
-            }
+            self.count_verdict(&obj, "directories", u64::from(have_dirs), u64::from(dirs), gi, |d| d.set_used_dirs(dirs));
             if csums {
                 let unused = self.groups[gi].itable_unused();
                 let max = ipg - last_used;
                 if unused > max || unused > free {
                     let m = format!("unused inodes count is {unused}, at most {}", max.min(free));
                     let p = self.problem(Level::Preen, PH, obj.clone(), m, Some("fix the count"));
-                    if self.want(&p) {
-                        self.groups[gi].set_itable_unused(max.min(free));
-                        self.gd_dirty[gi] = true;
-                        self.done(p, true);
-                    } else {
-                        self.unfixed(p);
-                    }
+                    self.fix_with(p, |c| {
+                        c.groups[gi].set_itable_unused(max.min(free));
+                        c.gd_dirty[gi] = true;
+                        Ok(())
+                    });
                 }
             }
             if self.gd_dirty[gi] && self.repair != vfs_faction::Repair::No {
@@ -275,13 +224,11 @@ impl Checker<'_> {
                 "superblock free counts are {sb_blocks} blocks and {sb_inodes} inodes, counted {total_free_blocks} and {total_free_inodes}"
             );
             let p = self.problem(Level::Minor, PH, "superblock".into(), m, Some("fix the counts"));
-            if self.want(&p) {
-                update::sb_set_counts(&sb, &mut self.sbraw, total_free_blocks, total_free_inodes as u32);
-                self.sb_changed = true;
-                self.done(p, true);
-            } else {
-                self.unfixed(p);
-            }
+            self.fix_with(p, |c| {
+                update::sb_set_counts(&sb, &mut c.sbraw, total_free_blocks, total_free_inodes as u32);
+                c.sb_changed = true;
+                Ok(())
+            });
         }
         Ok(())
     }
