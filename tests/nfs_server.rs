@@ -30,6 +30,10 @@ extern "C" fn stop_rpcbind() {
             unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
             // SAFETY: a process we started ourselves, by its pid.
             unsafe { libc::kill(pid, libc::SIGTERM) };
+            // Gone before the lock is released: else the next holder still finds port 111
+            // open, starts no rpcbind of its own, and ganesha cannot register with the dying one.
+            // SAFETY: our own child (its Child was forgotten, never reaped).
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
             return;
         }
         // SAFETY: as above.
@@ -170,6 +174,8 @@ impl NfsServer {
     fn launch(&mut self) {
         let mut why = String::new();
         for _attempt in 0..3 {
+            // A failed start is most often an rpcbind that went away: start one again.
+            ensure_rpcbind();
             let mut child = self.spawn();
             let start = Instant::now();
             let up = loop {
