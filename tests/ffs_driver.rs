@@ -19,9 +19,10 @@ use std::sync::Arc;
 use vfs_faction::hypercall::NoPlatform;
 use vfs_faction::memdev::MemDisk;
 use vfs_faction::{
-    BootConfig, Cred, Errno, Faction, FileType, Ino, KResult, Kernel, Mount, MountError, MountOptions, MountSource,
+    BootConfig, Cred, Errno, Faction, FileType, Ino, Kernel, Mount, MountError, MountOptions, MountSource,
     OpenFlags,
 };
+use rumpfs_tests::{vfs_list_dir, vfs_read_all};
 
 // ---------------------------------------------------------------------------------------
 // Kernel, devices, walks
@@ -59,52 +60,10 @@ fn sha(data: &[u8]) -> String {
     format!("{:x}", Sha256::digest(data))
 }
 
-fn read_all(m: &Mount, ino: Ino, chunk: usize) -> KResult<Vec<u8>> {
-    let vn = m.open(&Cred::root(), ino, OpenFlags { read: true, ..Default::default() })?;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; chunk];
-    let r = loop {
-        match m.read(&vn, out.len() as u64, &mut buf) {
-            Ok(0) => break Ok(()),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) => break Err(e),
-        }
-    };
-    m.release(vn);
-    r.map(|()| out)
-}
-
-/// All entries of a directory, read a few at a time through cookies.
-fn list_dir(m: &Mount, ino: Ino) -> KResult<Vec<(Vec<u8>, Ino, FileType)>> {
-    let vn = m.opendir(&Cred::root(), ino)?;
-    let mut out = Vec::new();
-    let mut cookie = 0;
-    let r = loop {
-        let mut got = 0;
-        let r = m.readdir(&vn, cookie, &mut |e| {
-            if got == 7 {
-                return false;
-            }
-            got += 1;
-            out.push((e.name.to_vec(), e.ino, e.kind));
-            cookie = e.next;
-            true
-        });
-        if let Err(e) = r {
-            break Err(e);
-        }
-        if got < 7 {
-            break Ok(());
-        }
-    };
-    m.release(vn);
-    r.map(|()| out)
-}
-
 /// Lines in the format of ../shared/test-images/manifests, from a walk through the kernel.
 fn manifest(m: &Mount) -> Vec<String> {
     fn walk(m: &Mount, dir: Ino, prefix: &str, out: &mut Vec<String>) {
-        for (name, ino, kind) in list_dir(m, dir).unwrap() {
+        for (name, ino, kind) in vfs_list_dir(m, dir).unwrap() {
             if name == b"." || name == b".." {
                 continue;
             }
@@ -127,7 +86,7 @@ fn manifest(m: &Mount) -> Vec<String> {
                     out.push(format!("f 0o{:o} {path} size={} sha256=(not computed: large/sparse)", a.perm, a.size));
                 }
                 FileType::Regular => {
-                    let data = read_all(m, ino, 64 << 10).unwrap();
+                    let data = vfs_read_all(m, ino, 64 << 10).unwrap();
                     out.push(format!("f 0o{:o} {path} size={} sha256={}", a.perm, a.size, sha(&data)));
                 }
                 FileType::Symlink => {
@@ -206,13 +165,13 @@ fn freebsd_ufs2_be_files_and_symlinks() {
     let m = mount_bytes(bytes).unwrap();
     let c = Cred::root();
     let file1 = m.namei(&c, b"/file1", true).unwrap();
-    assert_eq!(read_all(&m, file1.ino, 4096).unwrap(), b"This is a simple file.\n");
+    assert_eq!(vfs_read_all(&m, file1.ino, 4096).unwrap(), b"This is a simple file.\n");
     let file2 = m.namei(&c, b"/dir1/dir2/dir3/file2", true).unwrap();
-    assert_eq!(read_all(&m, file2.ino, 4096).unwrap(), b"Hello World\n");
+    assert_eq!(vfs_read_all(&m, file2.ino, 4096).unwrap(), b"Hello World\n");
     let file3 = m.namei(&c, b"/file3", true).unwrap();
     let want: Vec<u8> = (0..65536u32).flat_map(|i| format!("{i:015x}\n").into_bytes()).collect();
     assert_eq!(file3.size, 1 << 20);
-    assert!(read_all(&m, file3.ino, 100_000).unwrap() == want, "file3 content");
+    assert!(vfs_read_all(&m, file3.ino, 100_000).unwrap() == want, "file3 content");
     let link1 = m.namei(&c, b"/link1", false).unwrap();
     assert_eq!(m.readlink(link1.ino).unwrap(), b"dir1/dir2/dir3/file2");
     assert_eq!(m.namei(&c, b"/link1", true).unwrap().ino, file2.ino);
@@ -299,7 +258,7 @@ fn host_walk(root: &Path) -> BTreeMap<String, Node> {
 fn image_walk(m: &Mount) -> BTreeMap<String, Node> {
     fn rec(m: &Mount, dir: Ino, prefix: &str, out: &mut BTreeMap<String, Node>) {
         let cred = Cred::root();
-        let entries = list_dir(m, dir).unwrap();
+        let entries = vfs_list_dir(m, dir).unwrap();
         let dots = entries.iter().filter(|e| e.0 == b"." || e.0 == b"..").count();
         assert_eq!(dots, 2, "{prefix}: . and ..");
         for (name, ino, kind) in entries {
@@ -311,7 +270,7 @@ fn image_walk(m: &Mount) -> BTreeMap<String, Node> {
             let a = m.lookup(&cred, dir, name.as_bytes()).unwrap();
             assert_eq!(a.ino, ino, "{rel}: lookup and readdir disagree");
             assert_eq!(a.kind, kind, "{rel}: d_type and inode type disagree");
-            let content = (kind == FileType::Regular).then(|| sha(&read_all(m, ino, 200 << 10).unwrap()));
+            let content = (kind == FileType::Regular).then(|| sha(&vfs_read_all(m, ino, 200 << 10).unwrap()));
             let target = (kind == FileType::Symlink).then(|| m.readlink(ino).unwrap());
             out.insert(
                 rel.clone(),
@@ -568,7 +527,7 @@ fn kernel_select(disk: &Path, part: Option<&str>) -> Result<(Arc<Mount>, Option<
 
 fn marker(m: &Mount) -> Vec<u8> {
     let a = m.namei(&Cred::root(), b"/marker", true).unwrap();
-    read_all(m, a.ino, 4096).unwrap()
+    vfs_read_all(m, a.ino, 4096).unwrap()
 }
 
 #[test]
@@ -698,16 +657,16 @@ fn damaged_images_give_eio_and_the_rest_stays_readable() {
     });
     let check_rest = |m: &Mount| {
         let a = m.namei(&c, b"/files/hello.txt", true).unwrap();
-        assert_eq!(read_all(m, a.ino, 4096).unwrap(), b"hello, world\n");
+        assert_eq!(vfs_read_all(m, a.ino, 4096).unwrap(), b"hello, world\n");
         let a = m.namei(&c, b"/marker", true).unwrap();
-        assert_eq!(read_all(m, a.ino, 4096).unwrap(), b"tree ffs\n");
+        assert_eq!(vfs_read_all(m, a.ino, 4096).unwrap(), b"tree ffs\n");
     };
 
     // A block pointer beyond the end of the file system.
     let mut img = orig.clone();
     put32(&mut img, g.inode(big) + 40 + 4 * 3, 0x7fff_fff0);
     let m = mount_bytes(img).unwrap();
-    assert_eq!(read_all(&m, Ino(big), 65536).err(), Some(Errno::EIO));
+    assert_eq!(vfs_read_all(&m, Ino(big), 65536).err(), Some(Errno::EIO));
     check_rest(&m);
 
     // An indirect block that points at itself.
@@ -716,7 +675,7 @@ fn damaged_images_give_eio_and_the_rest_stays_readable() {
     assert_ne!(ib0, 0);
     put32(&mut img, (u64::from(ib0) * g.fsize) as usize, ib0);
     let m = mount_bytes(img).unwrap();
-    assert_eq!(read_all(&m, Ino(big), 65536).err(), Some(Errno::EIO));
+    assert_eq!(vfs_read_all(&m, Ino(big), 65536).err(), Some(Errno::EIO));
     check_rest(&m);
 
     // A directory record whose length runs past its 512-byte chunk.
@@ -725,7 +684,7 @@ fn damaged_images_give_eio_and_the_rest_stays_readable() {
     let chunk = (d0 * g.fsize) as usize;
     img[chunk + 12 + 4..chunk + 12 + 6].copy_from_slice(&1000u16.to_le_bytes());
     let m = mount_bytes(img).unwrap();
-    assert_eq!(list_dir(&m, Ino(deep)).err(), Some(Errno::EIO));
+    assert_eq!(vfs_list_dir(&m, Ino(deep)).err(), Some(Errno::EIO));
     assert_eq!(m.lookup(&c, Ino(deep), b"d2").err(), Some(Errno::EIO));
     check_rest(&m);
 
@@ -771,7 +730,7 @@ fn damaged_images_give_eio_and_the_rest_stays_readable() {
                 if depth > 12 {
                     return;
                 }
-                let Ok(entries) = list_dir(m, dir) else { return };
+                let Ok(entries) = vfs_list_dir(m, dir) else { return };
                 for (name, ino, kind) in entries {
                     if name == b"." || name == b".." {
                         continue;

@@ -1194,7 +1194,7 @@ pub fn server_pids(mnt: &Path) -> Vec<i32> {
 
 /// A kernel mount of an image on a loop device (`mount ARGS img dir`, e.g. `-o loop,ro`),
 /// unmounted when dropped; `None` (with a SKIP message) where the machine does not allow it.
-pub struct LoopMount(pub PathBuf, TempDir);
+pub struct LoopMount(pub PathBuf, #[allow(dead_code)] TempDir);
 
 impl LoopMount {
     pub fn new(img: &Path, args: &[&str]) -> Option<LoopMount> {
@@ -1978,4 +1978,52 @@ pub fn makefs(img: &Path, src: &Path, opts: &str, order: &str) {
 pub fn makefs_sized(img: &Path, src: &Path, opts: &str, order: &str, size: &str, free_files: &str) {
     let out = run(tool("makefs").args(["-t", "ffs", "-B", order, "-o", opts, "-s", size, "-f", free_files]).arg(img).arg(src));
     assert!(out.ok(), "makefs -o {opts}: {}\n{}", out.stdout, out.stderr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading through an in-process kernel (the driver tests, no FUSE)
+// ---------------------------------------------------------------------------------------------
+
+/// The whole content of file `ino` of a mount, read `chunk` bytes at a time.
+pub fn vfs_read_all(m: &vfs_faction::Mount, ino: vfs_faction::Ino, chunk: usize) -> vfs_faction::KResult<Vec<u8>> {
+    let vn = m.open(&vfs_faction::Cred::root(), ino, vfs_faction::OpenFlags { read: true, ..Default::default() })?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; chunk];
+    let r = loop {
+        match m.read(&vn, out.len() as u64, &mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    m.release(vn);
+    r.map(|()| out)
+}
+
+/// All entries of directory `ino` of a mount (name, inode, type), read seven at a time
+/// through cookies, so that resuming mid-directory is exercised.
+pub fn vfs_list_dir(m: &vfs_faction::Mount, ino: vfs_faction::Ino) -> vfs_faction::KResult<Vec<(Vec<u8>, vfs_faction::Ino, vfs_faction::FileType)>> {
+    let vn = m.opendir(&vfs_faction::Cred::root(), ino)?;
+    let mut out = Vec::new();
+    let mut cookie = 0;
+    let r = loop {
+        let mut got = 0;
+        let r = m.readdir(&vn, cookie, &mut |e| {
+            if got == 7 {
+                return false;
+            }
+            got += 1;
+            out.push((e.name.to_vec(), e.ino, e.kind));
+            cookie = e.next;
+            true
+        });
+        if let Err(e) = r {
+            break Err(e);
+        }
+        if got < 7 {
+            break Ok(());
+        }
+    };
+    m.release(vn);
+    r.map(|()| out)
 }
