@@ -482,10 +482,6 @@ macro_rules! known_bug {
         #[ignore = "NFS driver bug: no silly rename; unlink of an open file REMOVEs it on the server, and reading the still-open descriptor then fails with ESTALE"]
         $($test)*
     };
-    (xattrs nfs3_ganesha $($test:tt)*) => {
-        #[ignore = "NFS driver bug: setxattr/removexattr on a read-write NFS mount fail with EROFS (FileSystem's defaults, not overridden by the NFS driver), not EOPNOTSUPP"]
-        $($test)*
-    };
     ($body:ident $fs:ident $($test:tt)*) => {
         $($test)*
     };

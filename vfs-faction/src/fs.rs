@@ -282,14 +282,15 @@ pub trait FileSystem: Send + Sync {
         Err(Errno::EROFS)
     }
 
-    /// Sets extended attribute `name` (full name) to `value`.
+    /// Sets extended attribute `name` (full name) to `value`. The default: a file system
+    /// that keeps none (`EOPNOTSUPP`; a read-only mount has answered `EROFS` before this).
     fn setxattr(&self, _vn: &Vnode, _name: &[u8], _value: &[u8], _flags: XattrFlags) -> KResult<()> {
-        Err(Errno::EROFS)
+        Err(Errno::EOPNOTSUPP)
     }
 
-    /// Removes extended attribute `name`. Fails: `ENODATA`.
+    /// Removes extended attribute `name`. Fails: `ENODATA`. The default: as for `setxattr`.
     fn removexattr(&self, _vn: &Vnode, _name: &[u8]) -> KResult<()> {
-        Err(Errno::EROFS)
+        Err(Errno::EOPNOTSUPP)
     }
 
     /// Returns once the file's data (and with `!datasync` its metadata) is on stable
