@@ -474,10 +474,6 @@ macro_rules! fsapply {
 /// `BODY FS`: a body that fails on one row because of a bug in our driver (not a capability
 /// the row lacks) is ignored there, with the bug, until it is fixed; nothing else is.
 macro_rules! known_bug {
-    (create_write_read nfs3_ganesha $($test:tt)*) => {
-        #[ignore = "NFS driver bug (intermittent, about 1 run in 4): overlapping pwrite(2)s on one descriptor go out as concurrent UNSTABLE WRITEs that the server may apply out of order (20 bytes at 4090, then 9000 bytes at 1000: bytes 4090..4110 end up the older data)"]
-        $($test)*
-    };
     (links nfs3_ganesha $($test:tt)*) => {
         #[ignore = "NFS driver bug: no silly rename; unlink of an open file REMOVEs it on the server, and reading the still-open descriptor then fails with ESTALE"]
         $($test)*

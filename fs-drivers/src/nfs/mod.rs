@@ -837,6 +837,12 @@ impl NfsFs {
         let (Some(fh), Some(auth)) = (w.fh.clone(), w.auth.clone()) else { return Err(Errno::EIO) };
         let data = Arc::new(std::mem::take(&mut w.dirty));
         let off = w.dirty_off;
+        // The server may apply WRITEs in flight together in any order: one that overlaps this
+        // range (older data) must be answered before this one goes out.
+        let end = off + data.len() as u64;
+        while w.inflight.iter().any(|(_, o, d)| *o < end && off < *o + d.len() as u64) {
+            self.reap_one(w)?;
+        }
         let mut e = Enc::new();
         fh.encode(&mut e);
         e.u64(off).u32(data.len() as u32).u32(UNSTABLE).opaque(&data);
