@@ -194,7 +194,7 @@ impl Bridge {
     fn close_handle(&self, fh: FileHandle) {
         let vn = self.handles.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
         if let Some(vn) = vn {
-            self.mnt.release(vn);
+            self.mnt.close(vn);
         }
     }
 
@@ -252,7 +252,7 @@ impl Filesystem for Bridge {
     fn destroy(&mut self) {
         let handles: Vec<_> = self.handles.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, v)| v).collect();
         for vn in handles {
-            self.mnt.release(vn);
+            self.mnt.close(vn);
         }
         if let Err(e) = self.mnt.unmount() {
             log::error!("{}: unmount: {e}", self.mnt.source());

@@ -366,6 +366,7 @@ pub struct Vnode {
     pub(crate) nlookup: std::sync::atomic::AtomicU64,
     pub(crate) last_read_end: std::sync::atomic::AtomicU64,
     pub(crate) ra_window: std::sync::atomic::AtomicU64,
+    pub(crate) opens: std::sync::atomic::AtomicU32,
 }
 
 impl Vnode {
@@ -377,7 +378,14 @@ impl Vnode {
             nlookup: Default::default(),
             last_read_end: Default::default(),
             ra_window: Default::default(),
+            opens: Default::default(),
         }
+    }
+
+    /// How many open file descriptions (FUSE file handles) refer to this vnode: a network
+    /// file system keeps an unlinked file that is still open (NFS's "silly rename").
+    pub fn open_count(&self) -> u32 {
+        self.opens.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The driver's data, as the type the driver stored. A mismatch (a bug) is `EIO`.

@@ -168,6 +168,13 @@ impl Mount {
 
     /// Drops a vnode reference taken by [`Mount::vnode`]; the vnode leaves the cache when no
     /// FUSE lookup and no other holder refers to it any more.
+    /// Closes an open file or directory that [`Mount::open`] or [`Mount::opendir`] returned
+    /// (its open count goes down), then releases it.
+    pub fn close(&self, vn: Arc<Vnode>) {
+        let _ = vn.opens.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.release(vn);
+    }
+
     pub fn release(&self, vn: Arc<Vnode>) {
         let ino = vn.ino;
         drop(vn);
@@ -310,7 +317,10 @@ impl Mount {
         })();
         drop(fs);
         match r {
-            Ok(()) => Ok(vn),
+            Ok(()) => {
+                vn.opens.fetch_add(1, Ordering::AcqRel);
+                Ok(vn)
+            }
             Err(e) => {
                 self.release(vn);
                 Err(e)
@@ -330,7 +340,10 @@ impl Mount {
         });
         drop(fs);
         match r {
-            Ok(()) => Ok(vn),
+            Ok(()) => {
+                vn.opens.fetch_add(1, Ordering::AcqRel);
+                Ok(vn)
+            }
             Err(e) => {
                 self.release(vn);
                 Err(e)
