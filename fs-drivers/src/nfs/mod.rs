@@ -25,7 +25,7 @@ use proto::*;
 use rpc::{Auth, Client, Pending, RpcOpts, SyncConn, AUTH_NONE, AUTH_SYS};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use vfs_faction::component::{MountContext, MountError, MountOptions, MountSource, Mounted};
 use vfs_faction::fs::{DirEntry, NodeData, RenameMode, SetAttr};
 use vfs_faction::{
@@ -235,7 +235,9 @@ enum ChunkState {
 
 type Chunk = Arc<Mutex<ChunkState>>;
 
-/// Write-behind state of one file.
+/// Write-behind state of one file. The lock is never held while waiting for a reply: a
+/// thread that waits for a WRITE takes it off `inflight` into `reaping` and waits unlocked, a
+/// COMMIT runs with `committing` set; others wait on [`WFile::cv`] for those to finish.
 #[derive(Default)]
 struct WState {
     fh: Option<Fh>,
@@ -243,6 +245,10 @@ struct WState {
     dirty_off: u64,
     dirty: Vec<u8>,
     inflight: VecDeque<(Pending, u64, Arc<Vec<u8>>)>,
+    /// Byte ranges of WRITEs whose replies some thread is waiting for without the lock.
+    reaping: Vec<(u64, u64)>,
+    /// A COMMIT (and the resending after a verifier change) is under way without the lock.
+    committing: bool,
     /// Sent UNSTABLE and acknowledged, with the verifier of the reply, until COMMIT.
     uncommitted: Vec<(u64, Arc<Vec<u8>>, [u8; 8])>,
     uncommitted_bytes: usize,
@@ -253,9 +259,23 @@ struct WState {
 
 impl WState {
     fn busy(&self) -> bool {
-        !self.dirty.is_empty() || !self.inflight.is_empty()
+        !self.dirty.is_empty() || !self.inflight.is_empty() || !self.reaping.is_empty() || self.committing
+    }
+
+    /// Whether a WRITE of `off..end` would overlap one still in flight.
+    fn overlaps_inflight(&self, off: u64, end: u64) -> bool {
+        self.inflight.iter().any(|(_, o, d)| *o < end && off < o.saturating_add(d.len() as u64))
+            || self.reaping.iter().any(|(o, e)| *o < end && off < *e)
     }
 }
+
+#[derive(Default)]
+struct WFile {
+    st: Mutex<WState>,
+    cv: Condvar,
+}
+
+type WGuard<'a> = MutexGuard<'a, WState>;
 
 /// A mounted NFS export.
 pub struct NfsFs {
@@ -275,10 +295,14 @@ pub struct NfsFs {
     /// The root's attributes from mount time serve the kernel's first look at the root.
     primed: AtomicBool,
     ra: Mutex<HashMap<u64, BTreeMap<u64, Chunk>>>,
-    writes: Mutex<HashMap<u64, Arc<Mutex<WState>>>>,
+    writes: Mutex<HashMap<u64, Arc<WFile>>>,
     verfs: Mutex<HashMap<u64, [u8; 8]>>,
     read_only: bool,
     gone: AtomicBool,
+    /// Files unlinked while open, renamed to a hidden name instead (the "silly rename" of
+    /// NFS clients): inode -> (directory handle, hidden name), removed at the last close.
+    silly: Mutex<HashMap<u64, (Fh, Vec<u8>)>>,
+    silly_seq: std::sync::atomic::AtomicU32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -412,6 +436,8 @@ impl NfsFs {
                 verfs: Mutex::new(HashMap::new()),
                 read_only,
                 gone: AtomicBool::new(false),
+                silly: Mutex::new(HashMap::new()),
+                silly_seq: std::sync::atomic::AtomicU32::new(0),
             };
             fs.learn_attr(&root_attr);
             return Ok(fs);
@@ -493,7 +519,7 @@ impl NfsFs {
         }
         let ws = lock(&self.writes).get(&fa.fileid).cloned();
         if let Some(w) = ws {
-            a.size = a.size.max(lock(&w).max_end);
+            a.size = a.size.max(lock(&w.st).max_end);
         }
         a
     }
@@ -826,35 +852,49 @@ impl NfsFs {
 
     // ----- write-behind -----
 
-    fn wstate(&self, fileid: u64) -> Arc<Mutex<WState>> {
+    fn wstate(&self, fileid: u64) -> Arc<WFile> {
         lock(&self.writes).entry(fileid).or_default().clone()
     }
 
-    fn send_dirty(&self, w: &mut WState) -> KResult<()> {
+    /// Sends the gathered bytes as one UNSTABLE WRITE; waits (unlocked) for the oldest WRITE
+    /// when too many are in flight, and COMMITs when too much is uncommitted.
+    fn send_dirty<'a>(&self, wf: &'a WFile, mut w: WGuard<'a>) -> (WGuard<'a>, KResult<()>) {
         if w.dirty.is_empty() {
-            return Ok(());
+            return (w, Ok(()));
         }
-        let (Some(fh), Some(auth)) = (w.fh.clone(), w.auth.clone()) else { return Err(Errno::EIO) };
-        let data = Arc::new(std::mem::take(&mut w.dirty));
+        let (Some(fh), Some(auth)) = (w.fh.clone(), w.auth.clone()) else { return (w, Err(Errno::EIO)) };
         let off = w.dirty_off;
-        // The server may apply WRITEs in flight together in any order: one that overlaps this
-        // range (older data) must be answered before this one goes out.
-        let end = off + data.len() as u64;
-        while w.inflight.iter().any(|(_, o, d)| *o < end && off < *o + d.len() as u64) {
-            self.reap_one(w)?;
+        let end = off.saturating_add(w.dirty.len() as u64);
+        if w.overlaps_inflight(off, end) {
+            // The server may carry out WRITEs in flight in any order: an overwrite waits for
+            // the WRITE it overwrites.
+            let r;
+            (w, r) = self.drain(wf, w);
+            if let Err(e) = r {
+                return (w, Err(e));
+            }
+            if w.dirty.is_empty() {
+                return (w, Ok(()));
+            }
         }
+        let off = w.dirty_off;
+        let data = Arc::new(std::mem::take(&mut w.dirty));
         let mut e = Enc::new();
         fh.encode(&mut e);
         e.u64(off).u32(data.len() as u32).u32(UNSTABLE).opaque(&data);
         let p = self.client.start(procs::WRITE, &auth, &e.buf);
         w.inflight.push_back((p, off, data));
         while w.inflight.len() > WRITES_IN_FLIGHT {
-            self.reap_one(w)?;
+            let r;
+            (w, r) = self.reap_one(wf, w);
+            if let Err(e) = r {
+                return (w, Err(e));
+            }
         }
         if w.uncommitted_bytes > UNCOMMITTED_MAX {
-            self.commit(w)?;
+            return self.commit(wf, w);
         }
-        Ok(())
+        (w, Ok(()))
     }
 
     fn parse_write(&self, r: rpc::Reply) -> KResult<(usize, u32, [u8; 8])> {
@@ -887,15 +927,26 @@ impl NfsFs {
         Ok(())
     }
 
-    fn reap_one(&self, w: &mut WState) -> KResult<()> {
-        let Some((p, off, data)) = w.inflight.pop_front() else { return Ok(()) };
-        let r = self.client.wait(p).and_then(|r| self.parse_write(r));
-        match r {
-            Ok((count, committed, verf)) => {
-                if count < data.len() {
-                    let (Some(fh), Some(auth)) = (w.fh.clone(), w.auth.clone()) else { return Err(Errno::EIO) };
-                    self.write_sync(&fh, &auth, off + count as u64, &data[count..])?;
-                }
+    /// Waits for the oldest WRITE in flight, with the file's lock released meanwhile.
+    fn reap_one<'a>(&self, wf: &'a WFile, mut w: WGuard<'a>) -> (WGuard<'a>, KResult<()>) {
+        let Some((p, off, data)) = w.inflight.pop_front() else { return (w, Ok(())) };
+        let range = (off, off.saturating_add(data.len() as u64));
+        w.reaping.push(range);
+        let (fh, auth) = (w.fh.clone(), w.auth.clone());
+        drop(w);
+        let r = self.client.wait(p).and_then(|r| self.parse_write(r)).and_then(|(count, committed, verf)| {
+            if count < data.len() {
+                let (Some(fh), Some(auth)) = (fh, auth) else { return Err(Errno::EIO) };
+                self.write_sync(&fh, &auth, off + count as u64, &data[count..])?;
+            }
+            Ok((committed, verf))
+        });
+        let mut w = lock(&wf.st);
+        if let Some(i) = w.reaping.iter().position(|x| *x == range) {
+            w.reaping.swap_remove(i);
+        }
+        let r = match r {
+            Ok((committed, verf)) => {
                 if committed != FILE_SYNC {
                     w.uncommitted_bytes += data.len();
                     w.uncommitted.push((off, data, verf));
@@ -906,64 +957,106 @@ impl NfsFs {
                 w.err.get_or_insert(e);
                 Err(e)
             }
+        };
+        wf.cv.notify_all();
+        (w, r)
+    }
+
+    /// Waits until no WRITE is in flight, by this thread or by others.
+    fn drain<'a>(&self, wf: &'a WFile, mut w: WGuard<'a>) -> (WGuard<'a>, KResult<()>) {
+        loop {
+            if !w.inflight.is_empty() {
+                let r;
+                (w, r) = self.reap_one(wf, w);
+                if let Err(e) = r {
+                    return (w, Err(e));
+                }
+                continue;
+            }
+            if w.reaping.is_empty() {
+                return (w, Ok(()));
+            }
+            w = wf.cv.wait(w).unwrap_or_else(|e| e.into_inner());
         }
     }
 
-    fn commit(&self, w: &mut WState) -> KResult<()> {
-        while !w.inflight.is_empty() {
-            self.reap_one(w)?;
+    /// Makes everything acknowledged so far stable: COMMIT, and what the server may have
+    /// lost (the verifier changed: it restarted) sent again, FILE_SYNC. Unlocked meanwhile.
+    fn commit<'a>(&self, wf: &'a WFile, mut w: WGuard<'a>) -> (WGuard<'a>, KResult<()>) {
+        loop {
+            let r;
+            (w, r) = self.drain(wf, w);
+            if let Err(e) = r {
+                return (w, Err(e));
+            }
+            if !w.committing {
+                break;
+            }
+            // Another thread's COMMIT covers part of what we wait for: let it finish.
+            w = wf.cv.wait(w).unwrap_or_else(|e| e.into_inner());
         }
         if w.uncommitted.is_empty() {
+            return (w, Ok(()));
+        }
+        let (Some(fh), Some(auth)) = (w.fh.clone(), w.auth.clone()) else { return (w, Err(Errno::EIO)) };
+        let batch = std::mem::take(&mut w.uncommitted);
+        w.uncommitted_bytes = 0;
+        w.committing = true;
+        drop(w);
+        let r = self.commit_batch(&fh, &auth, &batch);
+        let mut w = lock(&wf.st);
+        w.committing = false;
+        if r.is_err() {
+            // Kept for the next attempt (fsync, close, unmount).
+            w.uncommitted_bytes += batch.iter().map(|(_, d, _)| d.len()).sum::<usize>();
+            w.uncommitted.extend(batch);
+        }
+        wf.cv.notify_all();
+        (w, r)
+    }
+
+    fn commit_batch(&self, fh: &Fh, auth: &Auth, batch: &[(u64, Arc<Vec<u8>>, [u8; 8])]) -> KResult<()> {
+        let mut e = Enc::new();
+        fh.encode(&mut e);
+        e.u64(0).u32(0);
+        let r = self.client.call(procs::COMMIT, auth, &e.buf)?;
+        let mut d = Dec::new(r.body());
+        let st = status(&mut d)?;
+        if let Some(fa) = wcc_data(&mut d)? {
+            let until = self.hyper.clock_monotonic() + self.ttl(&fa);
+            lock(&self.attrs).insert(fa.fileid, CachedAttr { fa, until });
+        }
+        if st != 0 {
+            return Err(nfs_errno(st));
+        }
+        let verf = d.verf()?;
+        let stale: Vec<_> = batch.iter().filter(|(_, _, v)| *v != verf).collect();
+        if stale.is_empty() {
             return Ok(());
         }
-        let (Some(fh), Some(auth)) = (w.fh.clone(), w.auth.clone()) else { return Err(Errno::EIO) };
-        for _round in 0..5 {
-            let mut e = Enc::new();
-            fh.encode(&mut e);
-            e.u64(0).u32(0);
-            let r = self.client.call(procs::COMMIT, &auth, &e.buf)?;
-            let mut d = Dec::new(r.body());
-            let st = status(&mut d)?;
-            if let Some(fa) = wcc_data(&mut d)? {
-                let until = self.hyper.clock_monotonic() + self.ttl(&fa);
-                lock(&self.attrs).insert(fa.fileid, CachedAttr { fa, until });
-            }
-            if st != 0 {
-                return Err(nfs_errno(st));
-            }
-            let verf = d.verf()?;
-            let stale: Vec<_> = w.uncommitted.iter().filter(|(_, _, v)| *v != verf).cloned().collect();
-            if stale.is_empty() {
-                w.uncommitted.clear();
-                w.uncommitted_bytes = 0;
-                return Ok(());
-            }
-            // The server restarted and may have lost them: send them again, stably.
-            log::warn!("{}: write verifier changed (server restart?): resending {} writes", self.name, stale.len());
-            for (off, data, _) in &stale {
-                self.write_sync(&fh, &auth, *off, data)?;
-            }
-            w.uncommitted.retain(|(_, _, v)| *v == verf);
-            w.uncommitted_bytes = w.uncommitted.iter().map(|(_, d, _)| d.len()).sum();
+        // The server restarted since it took these and may have lost them: send them again,
+        // stably (FILE_SYNC needs no COMMIT).
+        log::warn!("{}: write verifier changed (server restart?): resending {} writes", self.name, stale.len());
+        for (off, data, _) in stale {
+            self.write_sync(fh, auth, *off, data)?;
         }
-        Err(Errno::EIO)
+        Ok(())
     }
 
     /// Sends what is buffered for `fileid` and waits for it; with `commit`, also COMMITs.
     /// A write error seen since the last check is returned (once).
     fn write_back(&self, fileid: u64, commit: bool) -> KResult<()> {
-        let Some(ws) = lock(&self.writes).get(&fileid).cloned() else { return Ok(()) };
-        let mut w = lock(&ws);
+        let Some(wf) = lock(&self.writes).get(&fileid).cloned() else { return Ok(()) };
+        let mut w = lock(&wf.st);
         if w.busy() || (commit && !w.uncommitted.is_empty()) {
-            let r = self.send_dirty(&mut w).and_then(|()| {
-                while !w.inflight.is_empty() {
-                    self.reap_one(&mut w)?;
-                }
-                if commit {
-                    self.commit(&mut w)?;
-                }
-                Ok(())
-            });
+            let mut r;
+            (w, r) = self.send_dirty(&wf, w);
+            if r.is_ok() {
+                (w, r) = self.drain(&wf, w);
+            }
+            if r.is_ok() && commit {
+                (w, r) = self.commit(&wf, w);
+            }
             if let Err(e) = r {
                 w.err = None;
                 return Err(e);
@@ -982,8 +1075,8 @@ impl NfsFs {
     fn do_write(&self, cred: &Cred, vn: &Vnode, off: u64, data: &[u8]) -> KResult<usize> {
         let fileid = vn.ino.0;
         lock(&self.ra).remove(&fileid);
-        let ws = self.wstate(fileid);
-        let mut w = lock(&ws);
+        let wf = self.wstate(fileid);
+        let mut w = lock(&wf.st);
         if let Some(e) = w.err.take() {
             return Err(e);
         }
@@ -992,12 +1085,16 @@ impl NfsFs {
         }
         w.auth = Some(self.auth(cred));
         let wsize = self.wsize as usize;
-        if !w.dirty.is_empty() && (off != w.dirty_off + w.dirty.len() as u64 || w.dirty.len() + data.len() > wsize) {
-            self.send_dirty(&mut w)?;
-        }
         let mut rest = data;
         let mut pos = off;
         while !rest.is_empty() {
+            // Checked again on every round: sending may have let other threads in.
+            if !w.dirty.is_empty() && (pos != w.dirty_off + w.dirty.len() as u64 || w.dirty.len() >= wsize) {
+                let r;
+                (w, r) = self.send_dirty(&wf, w);
+                r?;
+                continue;
+            }
             if w.dirty.is_empty() {
                 w.dirty_off = pos;
             }
@@ -1005,11 +1102,13 @@ impl NfsFs {
             w.dirty.extend_from_slice(&rest[..n]);
             rest = &rest[n..];
             pos += n as u64;
+            w.max_end = w.max_end.max(pos);
             if w.dirty.len() >= wsize {
-                self.send_dirty(&mut w)?;
+                let r;
+                (w, r) = self.send_dirty(&wf, w);
+                r?;
             }
         }
-        w.max_end = w.max_end.max(off + data.len() as u64);
         Ok(data.len())
     }
 
@@ -1135,7 +1234,7 @@ impl NfsFs {
         if set.size.is_some() {
             self.write_back(fileid, false)?;
             if let Some(w) = lock(&self.writes).get(&fileid) {
-                lock(w).max_end = 0;
+                lock(&w.st).max_end = 0;
             }
             lock(&self.ra).remove(&fileid);
         }
@@ -1179,6 +1278,9 @@ impl NfsFs {
     }
 
     fn do_remove(&self, cred: &Cred, dir: &Vnode, name: &[u8], vn: &Vnode, proc_: u32) -> KResult<()> {
+        if proc_ == procs::REMOVE && vn.open_count() > 0 && !lock(&self.silly).contains_key(&vn.ino.0) {
+            return self.silly_rename(cred, dir, name, vn);
+        }
         let mut e = Enc::new();
         diropargs(&mut e, &self.fh_of(dir)?, name);
         let r = self.call(cred, proc_, &e)?;
@@ -1186,6 +1288,47 @@ impl NfsFs {
         // Its link count changed.
         self.forget_attr(vn.ino.0);
         Ok(())
+    }
+
+    /// Unlink of a file that is still open: the server would forget it at once (and the open
+    /// descriptor would read ESTALE), so it is renamed to `.nfs<inode><seq>` in the same
+    /// directory and removed when the last user lets go ([`NfsFs::silly_remove`]), as the
+    /// Linux client does.
+    fn silly_rename(&self, cred: &Cred, dir: &Vnode, name: &[u8], vn: &Vnode) -> KResult<()> {
+        let dfh = self.fh_of(dir)?;
+        let seq = self.silly_seq.fetch_add(1, Ordering::Relaxed);
+        let hidden = format!(".nfs{:016x}{:08x}", vn.ino.0, seq).into_bytes();
+        let mut e = Enc::new();
+        diropargs(&mut e, &dfh, name);
+        diropargs(&mut e, &dfh, &hidden);
+        let r = self.call(cred, procs::RENAME, &e)?;
+        self.wcc_reply(&r, &[dir, dir])?;
+        self.forget_attr(vn.ino.0);
+        log::debug!("{}: {} is open: renamed to {} until closed", self.name, String::from_utf8_lossy(name), String::from_utf8_lossy(&hidden));
+        lock(&self.silly).insert(vn.ino.0, (dfh, hidden));
+        Ok(())
+    }
+
+    /// Removes the hidden name of a file unlinked while open (its last user is gone). The wait
+    /// is bounded, so that an unmount with the server gone does not hang; a name left behind
+    /// is logged.
+    fn silly_remove(&self, ino: u64) {
+        let Some((dfh, hidden)) = lock(&self.silly).remove(&ino) else { return };
+        let mut e = Enc::new();
+        diropargs(&mut e, &dfh, &hidden);
+        let limit = (self.cfg.rpc.timeo * 3).min(Duration::from_secs(60));
+        let p = self.client.start(procs::REMOVE, &self.auth(&self.cfg.caller), &e.buf);
+        let r = self.client.wait_limited(p, Some(limit)).and_then(|r| {
+            let mut d = Dec::new(r.body());
+            match status(&mut d)? {
+                0 => Ok(()),
+                st => Err(nfs_errno(st)),
+            }
+        });
+        match r {
+            Ok(()) => self.forget_attr(ino),
+            Err(e) => log::error!("{}: cannot remove {} (a file unlinked while open): {e}", self.name, String::from_utf8_lossy(&hidden)),
+        }
     }
 
     fn do_statfs(&self, cred: &Cred) -> KResult<StatFs> {
@@ -1312,13 +1455,14 @@ impl FileSystem for AsCred<'_> {
     fn inactive(&self, vn: &Vnode) -> KResult<()> {
         let r = self.fs.write_back(vn.ino.0, true);
         let idle = lock(&self.fs.writes).get(&vn.ino.0).is_some_and(|w| {
-            let w = lock(w);
+            let w = lock(&w.st);
             !w.busy() && w.uncommitted.is_empty()
         });
         if idle {
             lock(&self.fs.writes).remove(&vn.ino.0);
         }
         lock(&self.fs.ra).remove(&vn.ino.0);
+        self.fs.silly_remove(vn.ino.0);
         r
     }
     fn sync(&self) -> KResult<()> {

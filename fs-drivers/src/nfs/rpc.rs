@@ -11,7 +11,7 @@ use super::xdr::{malformed, Dec, Enc};
 use core::net::SocketAddr;
 use core::time::Duration;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use vfs_faction::hypercall::{ConnectOptions, Socket, ThreadHandle};
 use vfs_faction::{Errno, Hypercalls, KResult};
@@ -276,6 +276,8 @@ struct Conn {
     gen: u64,
     send_lock: Mutex<()>,
     dead: AtomicBool,
+    /// Monotonic time (ms) of the last record received, or of the connect.
+    last_rx_ms: AtomicU64,
 }
 
 impl Conn {
@@ -303,7 +305,17 @@ struct St {
     calls: HashMap<u32, Call>,
     threads: Vec<Box<dyn ThreadHandle>>,
     warned: bool,
+    /// No connect attempt before this (monotonic): the backoff after a failed connect is
+    /// shared by every waiter, so a dead server sees one attempt per period, not one per call.
+    next_connect: Duration,
+    /// The current backoff (doubles per failed connect, up to [`MAX_BACKOFF`]).
+    backoff: Duration,
 }
+
+/// Longest pause between two connect attempts to a server that is down.
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// First pause after a failed connect.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
 struct Shared {
     st: Mutex<St>,
@@ -365,8 +377,10 @@ impl Client {
             st.calls.insert(xid, Call { msg: Arc::new(msg), sent_gen: 0, reply: None });
             xid
         };
-        // Best effort now; `wait` retries whatever did not go out.
-        if let Ok(conn) = self.try_conn(false) {
+        // Best effort now; `wait` retries whatever did not go out. A server known to be down
+        // is not connected to here (that is the waiters' job, with backoff): `start` is called
+        // with per-file state locked and must not block for long.
+        if let Ok(conn) = self.try_conn(false, false) {
             self.transmit(xid, &conn);
         }
         Pending(xid)
@@ -377,8 +391,10 @@ impl Client {
         self.sh.lock().calls.remove(&p.0);
     }
 
-    /// The current connection, or a new one (`connect`: may block connecting).
-    fn try_conn(&self, wait_for_others: bool) -> KResult<Arc<Conn>> {
+    /// The current connection, or a new one (may block connecting). `wait_for_others`: wait
+    /// for another thread's connect instead of failing; `now_or_backoff`: connect even while
+    /// backing off (a call's first attempt: a server that is back answers it at once).
+    fn try_conn(&self, wait_for_others: bool, now_or_backoff: bool) -> KResult<Arc<Conn>> {
         let mut st = self.sh.lock();
         loop {
             if st.closed {
@@ -390,11 +406,16 @@ impl Client {
                 }
                 st.conn = None;
             }
-            if !st.connecting {
-                break;
-            }
-            if !wait_for_others {
+            if !wait_for_others && (st.connecting || st.warned) {
                 return Err(Errno::ENOTCONN);
+            }
+            if !st.connecting {
+                let now = self.hyper.clock_monotonic();
+                if now < st.next_connect && !now_or_backoff {
+                    // Backing off after a failed attempt: the caller waits and comes back.
+                    return Err(Errno::ENOTCONN);
+                }
+                break;
             }
             st = self.sh.cv.wait_timeout(st, self.opts.timeo).unwrap_or_else(|e| e.into_inner()).0;
         }
@@ -406,16 +427,36 @@ impl Client {
         let mut st = self.sh.lock();
         st.connecting = false;
         self.sh.cv.notify_all();
-        let sock = r?;
+        let now = self.hyper.clock_monotonic();
+        let sock = match r {
+            Ok(s) => {
+                st.backoff = Duration::ZERO;
+                st.next_connect = Duration::ZERO;
+                s
+            }
+            Err(e) => {
+                st.backoff = (st.backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
+                st.next_connect = now + st.backoff;
+                log::debug!("nfs: connect to {}: {e:?}; next attempt in {:?}", self.addr, st.backoff);
+                return Err(e);
+            }
+        };
         st.gen += 1;
-        let conn = Arc::new(Conn { sock, gen: st.gen, send_lock: Mutex::new(()), dead: AtomicBool::new(false) });
+        let conn = Arc::new(Conn {
+            sock,
+            gen: st.gen,
+            send_lock: Mutex::new(()),
+            dead: AtomicBool::new(false),
+            last_rx_ms: AtomicU64::new(now.as_millis() as u64),
+        });
         if st.closed {
             conn.kill();
             return Err(Errno::EIO);
         }
         let (sh, c2) = (self.sh.clone(), conn.clone());
         let name = self.name.clone();
-        match self.hyper.spawn_thread("nfs-rpc-rx", Box::new(move || receiver(sh, c2, name))) {
+        let hyper = self.hyper.clone();
+        match self.hyper.spawn_thread("nfs-rpc-rx", Box::new(move || receiver(sh, c2, name, hyper))) {
             Ok(h) => {
                 st.threads.push(h);
             }
@@ -462,13 +503,18 @@ impl Client {
     pub fn wait_limited(&self, p: Pending, limit: Option<Duration>) -> KResult<Reply> {
         let xid = p.0;
         let start = self.hyper.clock_monotonic();
+        let timeo = self.opts.timeo.max(Duration::from_millis(1));
+        // Timeouts so far; each waits one `timeo` longer than the one before (as Linux).
         let mut tries: u32 = 0;
         let mut sent_at = start;
-        let give_up = |st: &mut St, why: &str| {
-            st.calls.remove(&xid);
-            log::warn!("nfs: server {} {why}: giving up (soft mount)", self.name);
-            Errno::EIO
-        };
+        let mut connect_tried = false;
+        // A soft mount gives up once the call has gone unanswered as long as `retrans`
+        // retransmissions with growing timeouts take, whether the server is unreachable or
+        // just silent.
+        let soft_limit = self.opts.soft.then(|| {
+            let r = self.opts.retrans.min(1000);
+            timeo.saturating_mul((r + 1) * (r + 2) / 2)
+        });
         loop {
             let mut st = self.sh.lock();
             let Some(call) = st.calls.get_mut(&xid) else { return Err(Errno::EIO) };
@@ -482,44 +528,54 @@ impl Client {
                 return Err(Errno::EIO);
             }
             let now = self.hyper.clock_monotonic();
-            if limit.is_some_and(|l| now.saturating_sub(start) >= l) {
+            let waited = now.saturating_sub(start);
+            if limit.is_some_and(|l| waited >= l) {
                 st.calls.remove(&xid);
                 return Err(Errno::EIO);
             }
-            let timeo = self.opts.timeo.saturating_mul(tries + 1).min(Duration::from_secs(600));
+            if soft_limit.is_some_and(|l| waited >= l) {
+                st.calls.remove(&xid);
+                log::warn!("nfs: server {} not responding: giving up (soft mount)", self.name);
+                return Err(Errno::EIO);
+            }
+            // How long this wait may last at most, whatever happens.
+            let cap = |d: Duration| -> Duration {
+                let d = limit.map_or(d, |l| d.min(l.saturating_sub(waited)));
+                soft_limit.map_or(d, |l| d.min(l.saturating_sub(waited))).max(Duration::from_millis(1))
+            };
+            let this_timeo = timeo.saturating_mul(tries + 1).min(Duration::from_secs(120));
             let live = st.conn.as_ref().filter(|c| !c.dead.load(Ordering::Acquire)).map(|c| c.gen);
             if live.is_none() || live != Some(sent_gen) {
                 // Not sent on the current connection: (re)connect and resend.
                 drop(st);
-                match self.try_conn(true) {
+                let first = !connect_tried;
+                connect_tried = true;
+                match self.try_conn(true, first) {
                     Ok(conn) => {
                         self.transmit(xid, &conn);
                         sent_at = self.hyper.clock_monotonic();
                     }
                     Err(e) => {
-                        tries += 1;
                         let mut st = self.sh.lock();
-                        if self.opts.soft && tries > self.opts.retrans {
-                            return Err(give_up(&mut st, &format!("unreachable ({})", e.name())));
+                        if st.closed {
+                            continue;
                         }
-                        if !st.warned {
+                        if !st.warned && e != Errno::ENOTCONN {
                             log::warn!("nfs: server {} not responding ({}), still trying", self.name, e.name());
                             st.warned = true;
                         }
-                        // Wait before the next attempt (woken early by a reply or a new connection).
-                        let pause = timeo.min(Duration::from_secs(1) * tries.min(10));
-                        let pause = limit.map_or(pause, |l| pause.min(l));
-                        let _ = self.sh.cv.wait_timeout(st, pause);
+                        // Until the next connect attempt is due (the backoff is shared by all
+                        // waiters); a new connection or a reply wakes us earlier.
+                        let now = self.hyper.clock_monotonic();
+                        let pause = st.next_connect.saturating_sub(now).max(Duration::from_millis(10)).min(this_timeo);
+                        let _ = self.sh.cv.wait_timeout(st, cap(pause));
                     }
                 }
                 continue;
             }
             let elapsed = now.saturating_sub(sent_at);
-            if elapsed >= timeo {
-                tries += 1;
-                if self.opts.soft && tries > self.opts.retrans {
-                    return Err(give_up(&mut st, "timed out"));
-                }
+            if elapsed >= this_timeo {
+                tries = tries.saturating_add(1);
                 if !st.warned {
                     log::warn!("nfs: server {} not responding, still trying", self.name);
                     st.warned = true;
@@ -527,16 +583,23 @@ impl Client {
                 let conn = st.conn.clone();
                 drop(st);
                 if let Some(c) = conn {
-                    self.transmit(xid, &c);
+                    let idle_ms = (now.as_millis() as u64).saturating_sub(c.last_rx_ms.load(Ordering::Acquire));
+                    if u128::from(idle_ms) >= timeo.as_millis() {
+                        // Nothing at all has come back for a whole timeout: the connection is
+                        // as good as dead (a server that hung or restarted without a reset, a
+                        // lost peer). Drop it; every outstanding call is resent on the next one.
+                        log::debug!("nfs: {}: connection {} silent for {idle_ms} ms: reconnecting", self.name, c.gen);
+                        c.kill();
+                        self.sh.cv.notify_all();
+                    } else {
+                        // The server answers other calls: resend this one on the same connection.
+                        self.transmit(xid, &c);
+                    }
                 }
                 sent_at = self.hyper.clock_monotonic();
                 continue;
             }
-            let mut left = timeo - elapsed;
-            if let Some(l) = limit {
-                left = left.min(l.saturating_sub(now.saturating_sub(start)).max(Duration::from_millis(1)));
-            }
-            let _ = self.sh.cv.wait_timeout(st, left);
+            let _ = self.sh.cv.wait_timeout(st, cap(this_timeo - elapsed));
         }
     }
 
@@ -579,10 +642,11 @@ impl Drop for Client {
 }
 
 /// The receiver thread of one connection: hands each reply to its call until the stream ends.
-fn receiver(sh: Arc<Shared>, conn: Arc<Conn>, name: String) {
+fn receiver(sh: Arc<Shared>, conn: Arc<Conn>, name: String, hyper: Arc<dyn Hypercalls>) {
     loop {
         match read_record(conn.sock.as_ref(), MAX_RECORD, None) {
             Ok(Some(rec)) => {
+                conn.last_rx_ms.store(hyper.clock_monotonic().as_millis() as u64, Ordering::Release);
                 let Some(xid) = reply_xid(&rec) else {
                     log::warn!("nfs: {name}: record too short for an XID; dropping the connection");
                     break;
