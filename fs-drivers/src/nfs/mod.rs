@@ -51,6 +51,8 @@ const READDIR_MAX: u32 = 64 << 10;
 const READDIR_DIRCOUNT: u32 = 16 << 10;
 /// Files with read-ahead state kept at once.
 const RA_FILES: usize = 64;
+/// Names from listings kept at once.
+const NAMES_MAX: usize = 100_000;
 
 impl Component for NfsComponent {
     fn name(&self) -> &'static str {
@@ -297,6 +299,10 @@ pub struct NfsFs {
     ra: Mutex<HashMap<u64, BTreeMap<u64, Chunk>>>,
     writes: Mutex<HashMap<u64, Arc<WFile>>>,
     verfs: Mutex<HashMap<u64, [u8; 8]>>,
+    /// Names seen in READDIRPLUS replies (directory, name) → (fileid, valid until), so that
+    /// the lookups of a walk right after the listing need no LOOKUP each. Kept no longer
+    /// than the entry TTL the kernel gets ([`FileSystem::cache_ttl`]).
+    names: Mutex<HashMap<(u64, Vec<u8>), (u64, Duration)>>,
     read_only: bool,
     gone: AtomicBool,
     /// Files unlinked while open, renamed to a hidden name instead (the "silly rename" of
@@ -434,6 +440,7 @@ impl NfsFs {
                 ra: Mutex::new(HashMap::new()),
                 writes: Mutex::new(HashMap::new()),
                 verfs: Mutex::new(HashMap::new()),
+                names: Mutex::new(HashMap::new()),
                 read_only,
                 gone: AtomicBool::new(false),
                 silly: Mutex::new(HashMap::new()),
@@ -562,6 +569,9 @@ impl NfsFs {
         if name == b".." && dir.ino == self.root {
             return Ok(self.root);
         }
+        if let Some(ino) = self.cached_name(dir.ino.0, name) {
+            return Ok(ino);
+        }
         let dfh = self.fh_of(dir)?;
         let mut e = Enc::new();
         diropargs(&mut e, &dfh, name);
@@ -585,6 +595,51 @@ impl NfsFs {
         };
         self.learn(Some(fh), Some(&fa));
         Ok(Ino(fa.fileid))
+    }
+
+    fn name_ttl(&self) -> Duration {
+        self.cfg.acregmin.min(self.cfg.acdirmin).min(Duration::from_secs(1))
+    }
+
+    fn remember_name(&self, dir: u64, name: &[u8], fileid: u64) {
+        let ttl = self.name_ttl();
+        if ttl.is_zero() {
+            return;
+        }
+        let until = self.hyper.clock_monotonic() + ttl;
+        let mut n = lock(&self.names);
+        if n.len() >= NAMES_MAX {
+            let now = self.hyper.clock_monotonic();
+            n.retain(|_, (_, u)| *u > now);
+            if n.len() >= NAMES_MAX {
+                n.clear();
+            }
+        }
+        n.insert((dir, name.to_vec()), (fileid, until));
+    }
+
+    /// A name from a recent listing whose handle and attributes are still known.
+    fn cached_name(&self, dir: u64, name: &[u8]) -> Option<Ino> {
+        let now = self.hyper.clock_monotonic();
+        let fileid = {
+            let mut n = lock(&self.names);
+            let key = (dir, name.to_vec());
+            match n.get(&key) {
+                Some((id, until)) if *until > now => *id,
+                Some(_) => {
+                    n.remove(&key);
+                    return None;
+                }
+                None => return None,
+            }
+        };
+        let known = lock(&self.handles).contains_key(&fileid) && lock(&self.attrs).get(&fileid).is_some_and(|c| c.until > now);
+        known.then_some(Ino(fileid))
+    }
+
+    /// Forgets what listings said about `name` in `dir` (it was removed or renamed).
+    fn forget_name(&self, dir: u64, name: &[u8]) {
+        lock(&self.names).remove(&(dir, name.to_vec()));
     }
 
     fn do_access(&self, cred: &Cred, vn: &Vnode, mask: u32) -> KResult<()> {
@@ -685,6 +740,7 @@ impl NfsFs {
                     match (fh, fa) {
                         (Some(fh), Some(fa)) if fa.fileid == fileid || fileid == 0 => {
                             self.learn(Some(fh), Some(&fa));
+                            self.remember_name(dir.ino.0, name, fa.fileid);
                             (Ino(fa.fileid), ftype_kind(fa.ftype)?)
                         }
                         _ => {
@@ -878,11 +934,13 @@ impl NfsFs {
             }
         }
         let off = w.dirty_off;
-        let data = Arc::new(std::mem::take(&mut w.dirty));
+        let data = Arc::new(std::mem::replace(&mut w.dirty, Vec::with_capacity(self.wsize as usize)));
         let mut e = Enc::new();
         fh.encode(&mut e);
-        e.u64(off).u32(data.len() as u32).u32(UNSTABLE).opaque(&data);
-        let p = self.client.start(procs::WRITE, &auth, &e.buf);
+        e.u64(off).u32(data.len() as u32).u32(UNSTABLE).u32(data.len() as u32);
+        let pad = [0u8; 3];
+        let pad = &pad[..(4 - data.len() % 4) % 4];
+        let p = self.client.start_parts(procs::WRITE, &auth, &[&e.buf, &data, pad]);
         w.inflight.push_back((p, off, data));
         while w.inflight.len() > WRITES_IN_FLIGHT {
             let r;
@@ -1278,6 +1336,7 @@ impl NfsFs {
     }
 
     fn do_remove(&self, cred: &Cred, dir: &Vnode, name: &[u8], vn: &Vnode, proc_: u32) -> KResult<()> {
+        self.forget_name(dir.ino.0, name);
         if proc_ == procs::REMOVE && vn.open_count() > 0 && !lock(&self.silly).contains_key(&vn.ino.0) {
             return self.silly_rename(cred, dir, name, vn);
         }
@@ -1432,6 +1491,8 @@ impl FileSystem for AsCred<'_> {
         if mode == RenameMode::Exchange {
             return Err(Errno::EINVAL);
         }
+        self.fs.forget_name(sdir.ino.0, sname);
+        self.fs.forget_name(ddir.ino.0, dname);
         let mut e = Enc::new();
         diropargs(&mut e, &self.fs.fh_of(sdir)?, sname);
         diropargs(&mut e, &self.fs.fh_of(ddir)?, dname);

@@ -25,7 +25,7 @@ const REPLY: u32 = 1;
 /// Last-fragment bit of a record mark.
 const LAST_FRAG: u32 = 0x8000_0000;
 /// Largest fragment we send.
-pub const DEFAULT_MAX_FRAG: usize = 1 << 20;
+pub const DEFAULT_MAX_FRAG: usize = (1 << 20) + (4 << 10);
 /// Largest AUTH_SYS group list (RFC 5531).
 const MAX_GIDS: usize = 16;
 
@@ -366,6 +366,12 @@ impl Client {
 
     /// Sends a call without waiting for its reply.
     pub fn start(&self, proc_: u32, auth: &Auth, args: &[u8]) -> Pending {
+        self.start_parts(proc_, auth, &[args])
+    }
+
+    /// [`Client::start`] with the arguments in pieces (a WRITE's header and its data), put
+    /// straight into the record: the data is copied once.
+    pub fn start_parts(&self, proc_: u32, auth: &Auth, parts: &[&[u8]]) -> Pending {
         let xid = {
             let mut st = self.sh.lock();
             let mut xid = st.next_xid;
@@ -373,10 +379,25 @@ impl Client {
                 xid = xid.wrapping_add(1);
             }
             st.next_xid = xid.wrapping_add(1);
-            let msg = record_mark(&encode_call(xid, self.prog, self.vers, proc_, auth, args), self.opts.max_frag);
-            st.calls.insert(xid, Call { msg: Arc::new(msg), sent_gen: 0, reply: None });
             xid
         };
+        let args_len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut e = Enc { buf: Vec::with_capacity(4 + 512 + args_len) };
+        e.u32(0); // the record mark, filled in below
+        e.u32(xid).u32(CALL).u32(RPC_VERS).u32(self.prog).u32(self.vers).u32(proc_);
+        auth.encode(&mut e, xid);
+        e.u32(AUTH_NONE).u32(0); // verifier
+        for p in parts {
+            e.buf.extend_from_slice(p);
+        }
+        let mut msg = e.buf;
+        let body = msg.len() - 4;
+        if body <= self.opts.max_frag.clamp(1, 0x7fff_ffff) {
+            msg[..4].copy_from_slice(&(LAST_FRAG | body as u32).to_be_bytes());
+        } else {
+            msg = record_mark(&msg[4..], self.opts.max_frag);
+        }
+        self.sh.lock().calls.insert(xid, Call { msg: Arc::new(msg), sent_gen: 0, reply: None });
         // Best effort now; `wait` retries whatever did not go out. A server known to be down
         // is not connected to here (that is the waiters' job, with backoff): `start` is called
         // with per-file state locked and must not block for long.
