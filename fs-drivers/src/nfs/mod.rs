@@ -41,7 +41,11 @@ pub struct NfsComponent;
 pub const CALLER_OPTION: &str = "x-rumpfs-caller";
 
 /// READs in flight ahead of a sequential reader, at most.
-const RA_CHUNKS: u64 = 4;
+const RA_CHUNKS: u64 = 12;
+/// The kernel's largest read-ahead window: a reader that has it is plainly sequential, and
+/// gets [`RA_CHUNKS`] READs ahead (more than the window, so that the data is there before the
+/// next FUSE read asks for it).
+const RA_SEQUENTIAL: u64 = 4 << 20;
 /// WRITEs in flight per file before the writer waits for the oldest.
 const WRITES_IN_FLIGHT: usize = 8;
 /// Uncommitted bytes per file before a COMMIT in the middle of a long write.
@@ -50,7 +54,7 @@ const UNCOMMITTED_MAX: usize = 64 << 20;
 const READDIR_MAX: u32 = 64 << 10;
 const READDIR_DIRCOUNT: u32 = 16 << 10;
 /// Files with read-ahead state kept at once.
-const RA_FILES: usize = 64;
+const RA_FILES: usize = 16;
 /// Names from listings kept at once.
 const NAMES_MAX: usize = 100_000;
 
@@ -228,10 +232,53 @@ struct CachedAttr {
     until: Duration,
 }
 
+/// Entries of a directory listing not handed out yet: they continue at `cookie`; `last` is
+/// the cookie after them, `eof` whether they end the directory.
+struct DirPage {
+    cookie: u64,
+    entries: Vec<(Ino, FileType, Vec<u8>, u64)>,
+    eof: bool,
+    last: u64,
+    until: Duration,
+}
+
+/// Directory read-ahead state (see [`NfsFs::prefetch`]).
+#[derive(Default)]
+struct Prefetch {
+    /// Subdirectories to list soon, in the order a depth-first walk reaches them.
+    queue: VecDeque<(u64, Fh)>,
+    /// READDIRPLUS calls sent ahead (directory → call, when sent).
+    inflight: HashMap<u64, (Pending, Duration)>,
+}
+
+/// Directory listings sent ahead at once.
+const PREFETCH_DIRS: usize = 8;
+/// Subdirectories remembered for read-ahead.
+const PREFETCH_QUEUE: usize = 4096;
+
+enum Delivered {
+    All,
+    Stopped,
+}
+
+/// The data of a READ reply, in place in the reply record.
+struct ReadData {
+    msg: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl core::ops::Deref for ReadData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.msg.get(self.start..self.start.saturating_add(self.len)).unwrap_or(&[])
+    }
+}
+
 /// One read-ahead chunk: a READ in flight or its data.
 enum ChunkState {
     Pending(Pending),
-    Ready(Arc<Vec<u8>>, bool),
+    Ready(Arc<ReadData>, bool),
     Failed(Errno),
 }
 
@@ -251,8 +298,10 @@ struct WState {
     reaping: Vec<(u64, u64)>,
     /// A COMMIT (and the resending after a verifier change) is under way without the lock.
     committing: bool,
+    /// A COMMIT sent in the middle of a long write, not waited for, and what it covers.
+    commit_inflight: Option<(Pending, Vec<Uncommitted>)>,
     /// Sent UNSTABLE and acknowledged, with the verifier of the reply, until COMMIT.
-    uncommitted: Vec<(u64, Arc<Vec<u8>>, [u8; 8])>,
+    uncommitted: Vec<Uncommitted>,
     uncommitted_bytes: usize,
     /// End of the data written through us (the file is at least this long).
     max_end: u64,
@@ -261,7 +310,7 @@ struct WState {
 
 impl WState {
     fn busy(&self) -> bool {
-        !self.dirty.is_empty() || !self.inflight.is_empty() || !self.reaping.is_empty() || self.committing
+        !self.dirty.is_empty() || !self.inflight.is_empty() || !self.reaping.is_empty() || self.committing || self.commit_inflight.is_some()
     }
 
     /// Whether a WRITE of `off..end` would overlap one still in flight.
@@ -278,6 +327,9 @@ struct WFile {
 }
 
 type WGuard<'a> = MutexGuard<'a, WState>;
+
+/// Data sent UNSTABLE and acknowledged: offset, bytes, the write verifier of the reply.
+type Uncommitted = (u64, Arc<Vec<u8>>, [u8; 8]);
 
 /// A mounted NFS export.
 pub struct NfsFs {
@@ -303,6 +355,11 @@ pub struct NfsFs {
     /// the lookups of a walk right after the listing need no LOOKUP each. Kept no longer
     /// than the entry TTL the kernel gets ([`FileSystem::cache_ttl`]).
     names: Mutex<HashMap<(u64, Vec<u8>), (u64, Duration)>>,
+    /// The rest of a READDIRPLUS reply that one FUSE request could not take, per directory.
+    dirpages: Mutex<HashMap<u64, DirPage>>,
+    /// Directory read-ahead: the subdirectories a walk will list next get their first
+    /// READDIRPLUS sent early, a few at a time, so the server works on them in parallel.
+    prefetch: Mutex<Prefetch>,
     read_only: bool,
     gone: AtomicBool,
     /// Files unlinked while open, renamed to a hidden name instead (the "silly rename" of
@@ -441,6 +498,8 @@ impl NfsFs {
                 writes: Mutex::new(HashMap::new()),
                 verfs: Mutex::new(HashMap::new()),
                 names: Mutex::new(HashMap::new()),
+                dirpages: Mutex::new(HashMap::new()),
+                prefetch: Mutex::new(Prefetch::default()),
                 read_only,
                 gone: AtomicBool::new(false),
                 silly: Mutex::new(HashMap::new()),
@@ -498,6 +557,15 @@ impl NfsFs {
         };
         if changed {
             lock(&self.ra).remove(&fa.fileid);
+            self.forget_listing(fa.fileid);
+        }
+    }
+
+    /// A directory changed: listings of it read ahead or left over are no longer good.
+    fn forget_listing(&self, dir: u64) {
+        lock(&self.dirpages).remove(&dir);
+        if let Some((p, _)) = lock(&self.prefetch).inflight.remove(&dir) {
+            self.client.cancel(p);
         }
     }
 
@@ -512,6 +580,7 @@ impl NfsFs {
 
     fn forget_attr(&self, fileid: u64) {
         lock(&self.attrs).remove(&fileid);
+        self.forget_listing(fileid);
     }
 
     fn to_attr(&self, fa: &Fattr) -> Attr {
@@ -692,15 +761,42 @@ impl NfsFs {
         Ok(d.opaque(MAXPATH)?.to_vec())
     }
 
+    /// Lists `dir` from `cookie`. A READDIRPLUS reply holds more entries than one FUSE
+    /// request takes (a page): what the sink did not take is kept for a moment, so the next
+    /// request, which continues at that cookie, is served without asking the server again.
     fn do_readdir(&self, cred: &Cred, dir: &Vnode, cookie: u64, sink: &mut dyn FnMut(&DirEntry<'_>) -> bool) -> KResult<()> {
-        let dfh = self.fh_of(dir)?;
         let mut cookie = cookie;
+        let now = self.hyper.clock_monotonic();
+        let cached = {
+            let mut pages = lock(&self.dirpages);
+            match pages.remove(&dir.ino.0) {
+                Some(p) if p.cookie == cookie && p.until > now && cookie != 0 => Some(p),
+                _ => None,
+            }
+        };
+        if let Some(page) = cached {
+            match self.deliver(dir, page.entries, page.eof, sink) {
+                Delivered::All => {
+                    if page.eof {
+                        return Ok(());
+                    }
+                    cookie = page.last;
+                }
+                Delivered::Stopped => return Ok(()),
+            }
+        }
+        let dfh = self.fh_of(dir)?;
         let mut verf = if cookie == 0 { [0u8; 8] } else { lock(&self.verfs).get(&dir.ino.0).copied().unwrap_or([0; 8]) };
         loop {
             let mut e = Enc::new();
             dfh.encode(&mut e);
             e.u64(cookie).fixed(&verf).u32(READDIR_DIRCOUNT).u32(READDIR_MAX);
-            let r = self.call(cred, procs::READDIRPLUS, &e)?;
+            let ahead = if cookie == 0 { self.take_prefetched(dir.ino.0) } else { None };
+            let r = match ahead {
+                Some(r) => r,
+                None => self.call(cred, procs::READDIRPLUS, &e)?,
+            };
+            let mut subdirs: Vec<(u64, Fh)> = Vec::new();
             let mut d = Dec::new(r.body());
             let st = status(&mut d)?;
             if let Some(fa) = post_op_attr(&mut d)? {
@@ -711,7 +807,9 @@ impl NfsFs {
             }
             verf = d.verf()?;
             lock(&self.verfs).insert(dir.ino.0, verf);
+            let mut entries: Vec<(Ino, FileType, Vec<u8>, u64)> = Vec::new();
             let mut n = 0usize;
+            let mut last = cookie;
             while d.bool()? {
                 n += 1;
                 let fileid = d.u64()?;
@@ -719,9 +817,9 @@ impl NfsFs {
                 let next = d.u64()?;
                 let fa = post_op_attr(&mut d)?;
                 let fh = post_op_fh(&mut d)?;
+                last = next;
                 if name.is_empty() || name.len() > 255 || name.contains(&b'/') || name.contains(&0) {
                     log::warn!("{}: skipping a directory entry with a bad name", self.name);
-                    cookie = next;
                     continue;
                 }
                 let (ino, kind) = if name == b"." {
@@ -739,6 +837,9 @@ impl NfsFs {
                 } else {
                     match (fh, fa) {
                         (Some(fh), Some(fa)) if fa.fileid == fileid || fileid == 0 => {
+                            if fa.ftype == 2 {
+                                subdirs.push((fa.fileid, fh.clone()));
+                            }
                             self.learn(Some(fh), Some(&fa));
                             self.remember_name(dir.ino.0, name, fa.fileid);
                             (Ino(fa.fileid), ftype_kind(fa.ftype)?)
@@ -751,23 +852,96 @@ impl NfsFs {
                         }
                     }
                 };
-                if !sink(&DirEntry { ino, kind, name, next }) {
-                    return Ok(());
-                }
-                cookie = next;
+                entries.push((ino, kind, name.to_vec(), next));
             }
             let eof = d.bool()?;
-            if eof {
-                return Ok(());
-            }
-            if n == 0 {
+            self.prefetch_dirs(cred, subdirs);
+            if !eof && n == 0 {
                 log::warn!("{}: READDIRPLUS returned no entries and no end of directory", self.name);
                 return Err(Errno::EIO);
+            }
+            match self.deliver(dir, entries, eof, sink) {
+                Delivered::All => {
+                    if eof {
+                        return Ok(());
+                    }
+                    cookie = last;
+                }
+                Delivered::Stopped => return Ok(()),
             }
         }
     }
 
-    fn parse_read(&self, r: rpc::Reply) -> KResult<(Vec<u8>, bool)> {
+    /// The READDIRPLUS reply sent ahead for `dir`, if there is a good one.
+    fn take_prefetched(&self, dir: u64) -> Option<rpc::Reply> {
+        let (p, sent) = lock(&self.prefetch).inflight.remove(&dir)?;
+        if self.hyper.clock_monotonic().saturating_sub(sent) > self.name_ttl() {
+            // Older than what the kernel may cache: list afresh.
+            self.client.cancel(p);
+            return None;
+        }
+        let limit = self.cfg.rpc.timeo.min(Duration::from_secs(5));
+        let r = self.client.wait_limited(p, Some(limit)).ok()?;
+        // An error (even "busy") is left to the ordinary call.
+        (Dec::new(r.body()).u32().ok() == Some(0)).then_some(r)
+    }
+
+    /// Queues `subdirs` for read-ahead (before what was queued: a walk goes depth first) and
+    /// keeps [`PREFETCH_DIRS`] listings in flight.
+    fn prefetch_dirs(&self, cred: &Cred, subdirs: Vec<(u64, Fh)>) {
+        if self.name_ttl().is_zero() {
+            return;
+        }
+        let auth = self.auth(cred);
+        let now = self.hyper.clock_monotonic();
+        let mut pf = lock(&self.prefetch);
+        // Listings nobody came for are dropped.
+        let stale: Vec<u64> = pf.inflight.iter().filter(|(_, (_, t))| now.saturating_sub(*t) > Duration::from_secs(2)).map(|(k, _)| *k).collect();
+        for k in stale {
+            if let Some((p, _)) = pf.inflight.remove(&k) {
+                self.client.cancel(p);
+            }
+        }
+        for sd in subdirs.into_iter().rev() {
+            pf.queue.push_front(sd);
+        }
+        pf.queue.truncate(PREFETCH_QUEUE);
+        while pf.inflight.len() < PREFETCH_DIRS {
+            let Some((ino, fh)) = pf.queue.pop_front() else { break };
+            if pf.inflight.contains_key(&ino) {
+                continue;
+            }
+            let mut e = Enc::new();
+            fh.encode(&mut e);
+            e.u64(0).fixed(&[0u8; 8]).u32(READDIR_DIRCOUNT).u32(READDIR_MAX);
+            let p = self.client.start(procs::READDIRPLUS, &auth, &e.buf);
+            pf.inflight.insert(ino, (p, now));
+        }
+    }
+
+    /// Hands `entries` to the sink; what it refuses is kept in `dirpages` for the next call.
+    fn deliver(&self, dir: &Vnode, entries: Vec<(Ino, FileType, Vec<u8>, u64)>, eof: bool, sink: &mut dyn FnMut(&DirEntry<'_>) -> bool) -> Delivered {
+        let last = entries.last().map(|e| e.3);
+        for (i, (ino, kind, name, next)) in entries.iter().enumerate() {
+            if !sink(&DirEntry { ino: *ino, kind: *kind, name, next: *next }) {
+                let cookie = if i == 0 { None } else { Some(entries[i - 1].3) };
+                let ttl = self.name_ttl();
+                if let (Some(cookie), Some(last), false) = (cookie, last, ttl.is_zero()) {
+                    let until = self.hyper.clock_monotonic() + ttl;
+                    let rest = entries[i..].to_vec();
+                    let mut pages = lock(&self.dirpages);
+                    if pages.len() >= RA_FILES * 4 {
+                        pages.clear();
+                    }
+                    pages.insert(dir.ino.0, DirPage { cookie, entries: rest, eof, last, until });
+                }
+                return Delivered::Stopped;
+            }
+        }
+        Delivered::All
+    }
+
+    fn parse_read(&self, r: rpc::Reply) -> KResult<(ReadData, bool)> {
         let mut d = Dec::new(r.body());
         let st = status(&mut d)?;
         if let Some(fa) = post_op_attr(&mut d)? {
@@ -780,11 +954,15 @@ impl NfsFs {
         }
         let count = d.u32()? as usize;
         let eof = d.bool()?;
-        let data = d.opaque(self.rsize as usize)?;
-        if data.len() != count {
+        let body_len = r.body().len();
+        let at = body_len - d.remaining();
+        let len = d.opaque(self.rsize as usize)?.len();
+        if len != count {
             return Err(xdr::malformed("READ count differs from the data length"));
         }
-        Ok((data.to_vec(), eof))
+        // The data stays where it arrived, in the reply record (no copy).
+        let start = r.msg.len() - body_len + at + 4;
+        Ok((ReadData { msg: r.msg, start, len }, eof))
     }
 
     fn start_read(&self, auth: &Auth, fh: &Fh, off: u64, len: u32) -> Pending {
@@ -810,7 +988,7 @@ impl NfsFs {
         Ok(done)
     }
 
-    fn chunk_data(&self, ch: &Chunk) -> KResult<(Arc<Vec<u8>>, bool)> {
+    fn chunk_data(&self, ch: &Chunk) -> KResult<(Arc<ReadData>, bool)> {
         let mut g = lock(ch);
         if let ChunkState::Pending(p) = &*g {
             let p = *p;
@@ -835,7 +1013,8 @@ impl NfsFs {
         }
         let cs = u64::from(self.rsize);
         let end = off.saturating_add(buf.len() as u64);
-        let ra_end = end.saturating_add(readahead.min(cs * RA_CHUNKS));
+        let ahead = if readahead >= RA_SEQUENTIAL { cs * RA_CHUNKS } else { readahead.min(cs * RA_CHUNKS) };
+        let ra_end = end.saturating_add(ahead);
         let auth = self.auth(cred);
         let chunks: Vec<(u64, Chunk)> = {
             let mut ra = lock(&self.ra);
@@ -949,10 +1128,67 @@ impl NfsFs {
                 return (w, Err(e));
             }
         }
+        // Long writes COMMIT as they go, so that what must be kept for resending after a
+        // server restart stays bounded; the COMMIT is not waited for (the server flushes
+        // while more data comes), unless the one before it has not been answered yet.
+        if let Some(r) = w.commit_inflight.as_ref().and_then(|(p, _)| self.client.poll(*p)) {
+            if let Some((_, batch)) = w.commit_inflight.take() {
+                self.absorb_commit(&mut w, batch, r);
+            }
+        }
         if w.uncommitted_bytes > UNCOMMITTED_MAX {
-            return self.commit(wf, w);
+            if w.commit_inflight.is_some() {
+                w = self.finish_commit_inflight(wf, w);
+            }
+            let batch = std::mem::take(&mut w.uncommitted);
+            w.uncommitted_bytes = 0;
+            let mut e = Enc::new();
+            fh.encode(&mut e);
+            e.u64(0).u32(0);
+            let p = self.client.start(procs::COMMIT, &auth, &e.buf);
+            w.commit_inflight = Some((p, batch));
         }
         (w, Ok(()))
+    }
+
+    /// Takes in the answer to a COMMIT sent for `batch`: what it did not make stable (an error,
+    /// a server that restarted since) goes back to `uncommitted`, for the next COMMIT to deal
+    /// with (resending it).
+    fn absorb_commit(&self, w: &mut WState, batch: Vec<Uncommitted>, r: KResult<rpc::Reply>) {
+        let verf = r.and_then(|r| {
+            let mut d = Dec::new(r.body());
+            let st = status(&mut d)?;
+            if let Some(fa) = wcc_data(&mut d)? {
+                let until = self.hyper.clock_monotonic() + self.ttl(&fa);
+                lock(&self.attrs).insert(fa.fileid, CachedAttr { fa, until });
+            }
+            if st != 0 {
+                return Err(nfs_errno(st));
+            }
+            d.verf()
+        });
+        let back: Vec<Uncommitted> = match verf {
+            Ok(v) => batch.into_iter().filter(|(_, _, bv)| *bv != v).collect(),
+            Err(_) => batch,
+        };
+        w.uncommitted_bytes += back.iter().map(|(_, d, _)| d.len()).sum::<usize>();
+        w.uncommitted.extend(back);
+    }
+
+    /// Waits (unlocked) for the COMMIT sent in the middle of the write, if any.
+    fn finish_commit_inflight<'a>(&self, wf: &'a WFile, mut w: WGuard<'a>) -> WGuard<'a> {
+        while w.committing {
+            w = wf.cv.wait(w).unwrap_or_else(|e| e.into_inner());
+        }
+        let Some((p, batch)) = w.commit_inflight.take() else { return w };
+        w.committing = true;
+        drop(w);
+        let r = self.client.wait(p);
+        let mut w = lock(&wf.st);
+        w.committing = false;
+        self.absorb_commit(&mut w, batch, r);
+        wf.cv.notify_all();
+        w
     }
 
     fn parse_write(&self, r: rpc::Reply) -> KResult<(usize, u32, [u8; 8])> {
@@ -1047,11 +1283,16 @@ impl NfsFs {
             if let Err(e) = r {
                 return (w, Err(e));
             }
-            if !w.committing {
-                break;
+            if w.committing {
+                // Another thread's COMMIT covers part of what we wait for: let it finish.
+                w = wf.cv.wait(w).unwrap_or_else(|e| e.into_inner());
+                continue;
             }
-            // Another thread's COMMIT covers part of what we wait for: let it finish.
-            w = wf.cv.wait(w).unwrap_or_else(|e| e.into_inner());
+            if w.commit_inflight.is_some() {
+                w = self.finish_commit_inflight(wf, w);
+                continue;
+            }
+            break;
         }
         if w.uncommitted.is_empty() {
             return (w, Ok(()));
@@ -1073,7 +1314,7 @@ impl NfsFs {
         (w, r)
     }
 
-    fn commit_batch(&self, fh: &Fh, auth: &Auth, batch: &[(u64, Arc<Vec<u8>>, [u8; 8])]) -> KResult<()> {
+    fn commit_batch(&self, fh: &Fh, auth: &Auth, batch: &[Uncommitted]) -> KResult<()> {
         let mut e = Enc::new();
         fh.encode(&mut e);
         e.u64(0).u32(0);
@@ -1189,6 +1430,7 @@ impl NfsFs {
 
     /// Decodes the common reply of CREATE, MKDIR, SYMLINK and MKNOD.
     fn parse_create(&self, cred: &Cred, dir: &Vnode, name: &[u8], r: rpc::Reply) -> KResult<Ino> {
+        self.forget_listing(dir.ino.0);
         let mut d = Dec::new(r.body());
         let st = status(&mut d)?;
         if st != 0 {
@@ -1337,6 +1579,7 @@ impl NfsFs {
 
     fn do_remove(&self, cred: &Cred, dir: &Vnode, name: &[u8], vn: &Vnode, proc_: u32) -> KResult<()> {
         self.forget_name(dir.ino.0, name);
+        self.forget_listing(dir.ino.0);
         if proc_ == procs::REMOVE && vn.open_count() > 0 && !lock(&self.silly).contains_key(&vn.ino.0) {
             return self.silly_rename(cred, dir, name, vn);
         }
@@ -1466,6 +1709,7 @@ impl FileSystem for AsCred<'_> {
         self.fs.fh_of(vn)?.encode(&mut e);
         diropargs(&mut e, &self.fs.fh_of(dir)?, name);
         let r = self.fs.call(&self.cred, procs::LINK, &e)?;
+        self.fs.forget_listing(dir.ino.0);
         let mut d = Dec::new(r.body());
         let st = status(&mut d)?;
         match post_op_attr(&mut d)? {
@@ -1493,6 +1737,8 @@ impl FileSystem for AsCred<'_> {
         }
         self.fs.forget_name(sdir.ino.0, sname);
         self.fs.forget_name(ddir.ino.0, dname);
+        self.fs.forget_listing(sdir.ino.0);
+        self.fs.forget_listing(ddir.ino.0);
         let mut e = Enc::new();
         diropargs(&mut e, &self.fs.fh_of(sdir)?, sname);
         diropargs(&mut e, &self.fs.fh_of(ddir)?, dname);

@@ -407,6 +407,16 @@ impl Client {
         Pending(xid)
     }
 
+    /// The reply of `p` if it has come (the call is then done with), without waiting. A call
+    /// only polled is not retransmitted: collect it with [`Client::wait`] in the end.
+    pub fn poll(&self, p: Pending) -> Option<KResult<Reply>> {
+        let mut st = self.sh.lock();
+        let Some(call) = st.calls.get_mut(&p.0) else { return Some(Err(Errno::EIO)) };
+        let msg = call.reply.take()?;
+        st.calls.remove(&p.0);
+        Some(parse_reply(msg))
+    }
+
     /// Forgets a call whose reply nobody will collect.
     pub fn cancel(&self, p: Pending) {
         self.sh.lock().calls.remove(&p.0);
