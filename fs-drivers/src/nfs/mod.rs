@@ -1117,9 +1117,7 @@ impl NfsFs {
         let mut e = Enc::new();
         fh.encode(&mut e);
         e.u64(off).u32(data.len() as u32).u32(UNSTABLE).u32(data.len() as u32);
-        let pad = [0u8; 3];
-        let pad = &pad[..(4 - data.len() % 4) % 4];
-        let p = self.client.start_parts(procs::WRITE, &auth, &[&e.buf, &data, pad]);
+        let p = self.client.start_data(procs::WRITE, &auth, &e.buf, data.clone());
         w.inflight.push_back((p, off, data));
         while w.inflight.len() > WRITES_IN_FLIGHT {
             let r;

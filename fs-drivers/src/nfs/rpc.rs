@@ -289,7 +289,13 @@ impl Conn {
 }
 
 struct Call {
+    /// The record (or, with `data`, its beginning).
     msg: Arc<Vec<u8>>,
+    /// Bytes that follow `msg` in the record, sent from where they are (a WRITE's data,
+    /// then XDR padding to a multiple of 4).
+    data: Option<Arc<Vec<u8>>>,
+    /// Zero bytes after `data`.
+    pad: usize,
     /// Connection generation it was last sent on (0: not sent yet).
     sent_gen: u64,
     reply: Option<Vec<u8>>,
@@ -397,7 +403,7 @@ impl Client {
         } else {
             msg = record_mark(&msg[4..], self.opts.max_frag);
         }
-        self.sh.lock().calls.insert(xid, Call { msg: Arc::new(msg), sent_gen: 0, reply: None });
+        self.sh.lock().calls.insert(xid, Call { msg: Arc::new(msg), data: None, pad: 0, sent_gen: 0, reply: None });
         // Best effort now; `wait` retries whatever did not go out. A server known to be down
         // is not connected to here (that is the waiters' job, with backoff): `start` is called
         // with per-file state locked and must not block for long.
@@ -415,6 +421,42 @@ impl Client {
         let msg = call.reply.take()?;
         st.calls.remove(&p.0);
         Some(parse_reply(msg))
+    }
+
+    /// [`Client::start`] for a call whose arguments end with opaque `data`: `head` holds the
+    /// arguments before it, its length word included. The data is sent from where it is.
+    pub fn start_data(&self, proc_: u32, auth: &Auth, head: &[u8], data: Arc<Vec<u8>>) -> Pending {
+        let pad = (4 - data.len() % 4) % 4;
+        let mut e = Enc { buf: Vec::with_capacity(4 + 512 + head.len()) };
+        e.u32(0);
+        let xid = {
+            let mut st = self.sh.lock();
+            let mut xid = st.next_xid;
+            while xid == 0 || st.calls.contains_key(&xid) {
+                xid = xid.wrapping_add(1);
+            }
+            st.next_xid = xid.wrapping_add(1);
+            xid
+        };
+        e.u32(xid).u32(CALL).u32(RPC_VERS).u32(self.prog).u32(self.vers).u32(proc_);
+        auth.encode(&mut e, xid);
+        e.u32(AUTH_NONE).u32(0);
+        e.buf.extend_from_slice(head);
+        let body = e.buf.len() - 4 + data.len() + pad;
+        let call = if body <= self.opts.max_frag.clamp(1, 0x7fff_ffff) {
+            e.buf[..4].copy_from_slice(&(LAST_FRAG | body as u32).to_be_bytes());
+            Call { msg: Arc::new(e.buf), data: Some(data), pad, sent_gen: 0, reply: None }
+        } else {
+            let mut whole = e.buf.split_off(4);
+            whole.extend_from_slice(&data);
+            whole.resize(whole.len() + pad, 0);
+            Call { msg: Arc::new(record_mark(&whole, self.opts.max_frag)), data: None, pad: 0, sent_gen: 0, reply: None }
+        };
+        self.sh.lock().calls.insert(xid, call);
+        if let Ok(conn) = self.try_conn(false, false) {
+            self.transmit(xid, &conn);
+        }
+        Pending(xid)
     }
 
     /// Forgets a call whose reply nobody will collect.
@@ -512,13 +554,17 @@ impl Client {
             match st.calls.get_mut(&xid) {
                 Some(c) if c.reply.is_none() => {
                     c.sent_gen = conn.gen;
-                    c.msg.clone()
+                    (c.msg.clone(), c.data.clone(), c.pad)
                 }
                 _ => return,
             }
         };
+        let (msg, data, pad) = msg;
         let _g = conn.send_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = send_all(conn.sock.as_ref(), &msg) {
+        let r = send_all(conn.sock.as_ref(), &msg)
+            .and_then(|()| data.map_or(Ok(()), |d| send_all(conn.sock.as_ref(), &d)))
+            .and_then(|()| send_all(conn.sock.as_ref(), &[0u8; 3][..pad.min(3)]));
+        if let Err(e) = r {
             log::debug!("nfs: send to {}: {e:?}", self.addr);
             conn.kill();
         }
