@@ -3,7 +3,7 @@
 # write of a 1 GiB file and a find + stat walk of a 20,000-file tree, through rumpfs-mount
 # versus libnfs's nfs-cp / nfs-ls -R; interleaved, medians. Run as root. See bench/README.md.
 #
-#   bench/nfs.sh                 full: 1 GiB file, 20,000-file tree, 3 runs
+#   bench/nfs.sh                 full: 1 GiB file, 20,000-file tree, 4 runs
 #   bench/nfs.sh --quick         smoke test: 64 MiB file, 2,000 files, 1 run
 #   bench/nfs.sh --runs 5        more runs
 #   bench/nfs.sh --no-build      use the rumpfs-mount binary as it is
