@@ -232,8 +232,13 @@ impl Bridge {
 
 impl Filesystem for Bridge {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // READDIRPLUS_AUTO: the kernel asks for attributes with a listing only when it saw
+        // lookups follow the last one (a `find` that stats nothing gets plain listings, cheap
+        // on a local image). A network mount always takes them: every stat it saves is a
+        // round trip to the server, and the driver gets them in the same READDIRPLUS anyway.
+        let auto = if self.keep_cache { InitFlags::FUSE_READDIRPLUS_AUTO } else { InitFlags::empty() };
         let want = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | auto
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_ASYNC_READ
