@@ -469,17 +469,24 @@ def report(results, facts, meta, peaks, checks, kinds):
 
 # ------------------------------------------------------------------------------------------
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arg_parser(doc, binary="rumpfs-mount", runs=5, quick="", state=True):
+    """The options every benchmark helper takes (the shell wrapper passes the first ones):
+    --work, [--state], --out, --bin, --runs, --quick, --size-mib, --files."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--work", required=True)
-    ap.add_argument("--state", required=True)
+    if state:
+        ap.add_argument("--state", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--bin", required=True, help="rumpfs-mount binary")
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke test: 64 MiB file, 2,000 files, 2,000 random reads, 1 run")
+    ap.add_argument("--bin", required=True, help=f"{binary} binary")
+    ap.add_argument("--runs", type=int, default=runs)
+    ap.add_argument("--quick", action="store_true", help=f"smoke test: {quick}, 1 run")
     ap.add_argument("--size-mib", type=int, default=None)
     ap.add_argument("--files", type=int, default=None)
+    return ap
+
+
+def main():
+    ap = arg_parser(__doc__, quick="64 MiB file, 2,000 files, 2,000 random reads")
     ap.add_argument("--rand-count", type=int, default=None)
     ap.add_argument("--mounts", default=",".join(KINDS),
                     help="comma-separated subset of kernel,fuse2fs,rumpfs")

@@ -18,7 +18,6 @@ Workloads and units as in bench.py (cold_seq, warm_seq, rand4k, find, ls_lR). Ta
 IOPS, <= 1.2 for seconds).
 """
 
-import argparse
 import datetime
 import json
 import os
@@ -33,7 +32,7 @@ import time
 
 sys.dont_write_bytecode = True  # no bench/__pycache__ in the tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import (MiB, WORKLOADS, Abort, Mounter, MountFailed, fmt, log, make_image,  # noqa: E402
+from bench import (MiB, WORKLOADS, Abort, Mounter, MountFailed, arg_parser, fmt, log, make_image,  # noqa: E402
                    on_signal, rand_offsets, rand_read, run, seq_read, sha256_of, timed_shell,
                    warm_host_cache)
 
@@ -143,16 +142,7 @@ def report(results, facts, meta, peaks, checks, kinds):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--state", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--bin", required=True, help="rumpfs-mount binary")
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke test: 64 MiB file, 2,000 files, 2,000 random reads, 1 run")
-    ap.add_argument("--size-mib", type=int, default=None)
-    ap.add_argument("--files", type=int, default=None)
+    ap = arg_parser(__doc__, quick="64 MiB file, 2,000 files, 2,000 random reads")
     ap.add_argument("--rand-count", type=int, default=None)
     ap.add_argument("--rumpfs-opts", default="", help="extra -o options for rumpfs-mount")
     ap.add_argument("--seed", type=int, default=2)

@@ -19,7 +19,6 @@ e2fsck's. There is no fsck_ffs for Linux: the FFS figures are rumpfs-fsck's own,
 against the ext4 e2fsck anchor.
 """
 
-import argparse
 import datetime
 import json
 import os
@@ -34,7 +33,7 @@ import time
 
 sys.dont_write_bytecode = True  # no bench/__pycache__ from importing bench.py
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import Abort, MiB, drop_caches, log, on_signal, run  # noqa: E402
+from bench import Abort, MiB, arg_parser, drop_caches, log, on_signal, run  # noqa: E402
 
 # name, command builder (bin, image) -> argv, image kind
 CHECKERS = [
@@ -174,14 +173,7 @@ def report(res, facts, meta):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--bin", required=True, help="rumpfs-fsck binary")
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--quick", action="store_true", help="smoke test: 256 MiB, 10,000 files, 1 run")
-    ap.add_argument("--size-mib", type=int, default=None)
-    ap.add_argument("--files", type=int, default=None)
+    ap = arg_parser(__doc__, binary="rumpfs-fsck", quick="256 MiB, 10,000 files", state=False)
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--keep-image", action="store_true",
                     help="keep the images, and reuse kept ones of the same size and count")

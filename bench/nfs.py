@@ -21,7 +21,6 @@ host page cache, so both clients measure the NFS path, not the disk; every rumpf
 measurement starts from a fresh mount, so the kernel's FUSE page cache and dentries are cold.
 """
 
-import argparse
 import datetime
 import hashlib
 import json
@@ -36,7 +35,7 @@ import subprocess
 import sys
 import time
 
-from bench import MiB, Abort, Mounter, drop_caches, fmt, log, on_signal, run, timed_shell
+from bench import MiB, Abort, Mounter, arg_parser, drop_caches, fmt, log, on_signal, run, timed_shell
 
 NFS_PORT, MNT_PORT = 2049, 20048
 CLIENTS = ["rumpfs", "libnfs"]
@@ -163,17 +162,9 @@ def sha256_of(path):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--state", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--bin", required=True, help="rumpfs-mount binary")
-    # Even, so that each client goes first equally often: the first write of a run was seen
-    # at half the speed of the second, whichever client made it.
-    ap.add_argument("--runs", type=int, default=4)
-    ap.add_argument("--quick", action="store_true", help="smoke test: 64 MiB, 2,000 files, 1 run")
-    ap.add_argument("--size-mib", type=int, default=None)
-    ap.add_argument("--files", type=int, default=None)
+    # Runs: even, so that each client goes first equally often: the first write of a run was
+    # seen at half the speed of the second, whichever client made it.
+    ap = arg_parser(__doc__, runs=4, quick="64 MiB, 2,000 files")
     ap.add_argument("--rumpfs-opts", default="", help="extra -o options for rumpfs-mount")
     a = ap.parse_args()
     runs, size_mib, nfiles = (1, 64, 2000) if a.quick else (a.runs, 1024, 20000)
