@@ -546,6 +546,13 @@ impl NfsFs {
         (age / 10).clamp(lo, hi)
     }
 
+    /// Records attributes that come back from our own READ, WRITE or COMMIT: the change they
+    /// show is ours, so cached file data stays (unlike [`NfsFs::learn_attr`]).
+    fn keep_attr(&self, fa: Fattr) {
+        let until = self.hyper.clock_monotonic() + self.ttl(&fa);
+        lock(&self.attrs).insert(fa.fileid, CachedAttr { fa, until });
+    }
+
     /// Records fresh attributes; cached file data goes when the file changed.
     fn learn_attr(&self, fa: &Fattr) {
         let until = self.hyper.clock_monotonic() + self.ttl(fa);
@@ -946,8 +953,7 @@ impl NfsFs {
         let st = status(&mut d)?;
         if let Some(fa) = post_op_attr(&mut d)? {
             // Our own READ must not throw away the chunk it fills: update quietly.
-            let until = self.hyper.clock_monotonic() + self.ttl(&fa);
-            lock(&self.attrs).insert(fa.fileid, CachedAttr { fa, until });
+            self.keep_attr(fa);
         }
         if st != 0 {
             return Err(nfs_errno(st));
@@ -1157,8 +1163,7 @@ impl NfsFs {
             let mut d = Dec::new(r.body());
             let st = status(&mut d)?;
             if let Some(fa) = wcc_data(&mut d)? {
-                let until = self.hyper.clock_monotonic() + self.ttl(&fa);
-                lock(&self.attrs).insert(fa.fileid, CachedAttr { fa, until });
+                self.keep_attr(fa);
             }
             if st != 0 {
                 return Err(nfs_errno(st));
@@ -1193,8 +1198,7 @@ impl NfsFs {
         let mut d = Dec::new(r.body());
         let st = status(&mut d)?;
         if let Some(fa) = wcc_data(&mut d)? {
-            let until = self.hyper.clock_monotonic() + self.ttl(&fa);
-            lock(&self.attrs).insert(fa.fileid, CachedAttr { fa, until });
+            self.keep_attr(fa);
         }
         if st != 0 {
             return Err(nfs_errno(st));
@@ -1320,8 +1324,7 @@ impl NfsFs {
         let mut d = Dec::new(r.body());
         let st = status(&mut d)?;
         if let Some(fa) = wcc_data(&mut d)? {
-            let until = self.hyper.clock_monotonic() + self.ttl(&fa);
-            lock(&self.attrs).insert(fa.fileid, CachedAttr { fa, until });
+            self.keep_attr(fa);
         }
         if st != 0 {
             return Err(nfs_errno(st));
