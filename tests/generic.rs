@@ -668,6 +668,24 @@ fn rename(env: &mut Env) {
     renameat2(&env.p("r/a/z"), &env.p("r/a/z2"), libc::RENAME_NOREPLACE).unwrap();
     fs::rename(env.p("r/a/z2"), env.p("r/a/z2")).unwrap();
     expect_errno(fs::rename(env.p("r/a/missing"), env.p("r/a/q")), libc::ENOENT, &format!("{n}: a missing source"));
+    // Over a target that is still open: the open file keeps its bytes until it is closed, and
+    // nothing of it stays behind.
+    fs::write(env.p("r/a/old"), pattern(7, 100_000)).unwrap();
+    fs::write(env.p("r/a/new"), b"new").unwrap();
+    {
+        let mut held = File::open(env.p("r/a/old")).unwrap();
+        fs::rename(env.p("r/a/new"), env.p("r/a/old")).unwrap();
+        let mut got = Vec::new();
+        held.read_to_end(&mut got).unwrap();
+        assert!(got == pattern(7, 100_000), "{n}: reading a file replaced by rename while open");
+    }
+    assert_eq!(fs::read(env.p("r/a/old")).unwrap(), b"new");
+    let t0 = std::time::Instant::now();
+    while names_in(&env.p("r/a")) != ["old", "z2"] && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(names_in(&env.p("r/a")), ["old", "z2"], "{n}: names left after the replaced file was closed");
+    fs::remove_file(env.p("r/a/old")).unwrap();
     env.remount();
     assert_eq!(names_in(&env.p("r/a")), ["z2"]);
     assert_eq!(names_in(&env.p("r/b")), ["sub", "y"]);

@@ -1740,6 +1740,13 @@ impl FileSystem for AsCred<'_> {
         self.fs.forget_name(ddir.ino.0, dname);
         self.fs.forget_listing(sdir.ino.0);
         self.fs.forget_listing(ddir.ino.0);
+        // A target that is still open is moved aside first, as unlink would (the server would
+        // forget it as the rename replaces it).
+        if let Some(d) = dvn.filter(|d| d.open_count() > 0 && d.ino != svn.ino) {
+            if !lock(&self.fs.silly).contains_key(&d.ino.0) && self.getattr(d)?.kind != FileType::Directory {
+                self.fs.silly_rename(&self.cred, ddir, dname, d)?;
+            }
+        }
         let mut e = Enc::new();
         diropargs(&mut e, &self.fs.fh_of(sdir)?, sname);
         diropargs(&mut e, &self.fs.fh_of(ddir)?, dname);
