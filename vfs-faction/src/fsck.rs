@@ -100,3 +100,108 @@ impl FsckSummary {
         e
     }
 }
+
+/// How far a repair may go without asking (e2fsck's PR_PREEN_OK and friends, what fsck_ffs
+/// fixes when preening).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Level {
+    /// Safe: counts, bitmaps, summaries, link counts, checksums, reconnection.
+    Preen,
+    /// Destroys something (clears an inode or an entry, clones blocks): `-y` or asked.
+    Yes,
+    /// A count the checker does not hold against the file system when left alone (ext2's
+    /// superblock free counts): fixed like `Preen`, not a problem when not fixed.
+    Minor,
+    /// Reported; the checker cannot repair it.
+    Never,
+}
+
+/// A problem being reported: decided with [`Reporter::want`], closed with
+/// [`Reporter::done`].
+pub struct Problem {
+    pub level: Level,
+    pub finding: Finding,
+}
+
+/// What a check has counted so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tally {
+    pub problems: u64,
+    pub fixed: u64,
+}
+
+/// The reporting every checker shares: a driver's checker says where its sink, repair mode
+/// and counts are, and how it marks the file system "not clean" before the first repair.
+pub trait Reporter {
+    fn repair_mode(&self) -> Repair;
+    fn sink(&mut self) -> &mut dyn FsckSink;
+    fn tally(&mut self) -> &mut Tally;
+    /// Called before each repair is made (once is enough: it may remember that it ran).
+    fn begin_repair(&mut self);
+
+    /// A problem of `level` in `phase` with `object`; `repair` says what fixing it does.
+    fn problem(&self, level: Level, phase: &str, object: String, message: String, repair: Option<&str>) -> Problem {
+        let finding = Finding { phase: phase.to_string(), object, path: None, message, repair: repair.map(str::to_string), fixed: false };
+        Problem { level, finding }
+    }
+
+    /// May the repair of `p` be made?
+    fn want(&mut self, p: &Problem) -> bool {
+        if p.finding.repair.is_none() {
+            return false;
+        }
+        let ok = match (self.repair_mode(), p.level) {
+            (_, Level::Never) | (Repair::No, _) => false,
+            (Repair::Preen, l) => l != Level::Yes,
+            (Repair::Yes, _) => true,
+            (Repair::Ask, _) => self.sink().ask(&p.finding),
+        };
+        if ok {
+            self.begin_repair();
+        }
+        ok
+    }
+
+    /// Closes a problem: reports it, repaired or not.
+    fn done(&mut self, mut p: Problem, fixed: bool) {
+        p.finding.fixed = fixed;
+        let t = self.tally();
+        if p.level != Level::Minor || fixed {
+            t.problems += 1;
+        }
+        if fixed {
+            t.fixed += 1;
+        }
+        if p.level == Level::Minor && !fixed {
+            p.finding.message.push_str(" (not counted as an error)");
+        }
+        self.sink().finding(&p.finding);
+    }
+
+    fn unfixed(&mut self, p: Problem) {
+        self.done(p, false)
+    }
+
+    /// Reports `p` and runs `fix` if allowed; `fix` failing leaves it unfixed.
+    fn fix_with(&mut self, p: Problem, fix: impl FnOnce(&mut Self) -> crate::KResult<()>) -> bool
+    where
+        Self: Sized,
+    {
+        if !self.want(&p) {
+            self.done(p, false);
+            return false;
+        }
+        match fix(self) {
+            Ok(()) => {
+                self.done(p, true);
+                true
+            }
+            Err(e) => {
+                let mut p = p;
+                p.finding.message.push_str(&format!(" (repair failed: {e})"));
+                self.done(p, false);
+                false
+            }
+        }
+    }
+}

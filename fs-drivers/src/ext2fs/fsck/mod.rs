@@ -33,8 +33,9 @@ use super::{le16, le32};
 use bits::BitSet;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+pub(crate) use vfs_faction::fsck::{Level, Reporter, Tally};
 use vfs_faction::{
-    BlockDevice, CachedDev, Errno, Finding, FsckOptions, FsckSink, FsckSummary, KResult, MountContext, MountError,
+    BlockDevice, CachedDev, Errno, FsckOptions, FsckSink, FsckSummary, KResult, MountContext, MountError,
     Repair,
 };
 
@@ -59,26 +60,6 @@ mod sbx {
 /// `s_state` bits.
 const STATE_VALID: u16 = 1;
 const STATE_ERROR: u16 = 2;
-
-/// How far a repair may go without asking (e2fsck's PR_PREEN_OK and friends).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Level {
-    /// Safe: counts, bitmaps, summaries, link counts, checksums, reconnection.
-    Preen,
-    /// Destroys something (clears an inode or an entry, clones blocks): `-y` or asked.
-    Yes,
-    /// A count e2fsck does not hold against the file system when left alone (the
-    /// superblock's free counts): fixed like `Preen`, not a problem when not fixed.
-    Minor,
-    /// Reported; this checker cannot repair it.
-    Never,
-}
-
-/// A problem being reported: decided with [`Checker::want`], closed with [`Checker::done`].
-pub(crate) struct Problem {
-    level: Level,
-    finding: Finding,
-}
 
 /// Where a directory is: its parent by entry, its `..`, and where its first block is.
 #[derive(Clone, Copy, Debug, Default)]
@@ -137,8 +118,7 @@ pub(crate) struct Checker<'a> {
     /// Group descriptors whose locations are unusable (bitmaps, inode table).
     pub bad_group: Vec<bool>,
     pub gd_dirty: Vec<bool>,
-    pub problems: u64,
-    pub fixed: u64,
+    pub tally: Tally,
     /// Something was written since the last sync.
     pub wrote: bool,
     /// The superblock was marked "being repaired".
@@ -254,8 +234,7 @@ pub(crate) fn check(
         groups: Vec::new(),
         bad_group: Vec::new(),
         gd_dirty: Vec::new(),
-        problems: 0,
-        fixed: 0,
+        tally: Tally::default(),
         wrote: false,
         marked_dirty: false,
         sb_changed: false,
@@ -292,6 +271,22 @@ pub(crate) fn check(
     Ok(c.summary())
 }
 
+/// The shared reporting ([`Reporter`]): where findings go, and the repair mode.
+impl Reporter for Checker<'_> {
+    fn repair_mode(&self) -> Repair {
+        self.repair
+    }
+    fn sink(&mut self) -> &mut dyn FsckSink {
+        self.sink
+    }
+    fn tally(&mut self) -> &mut Tally {
+        &mut self.tally
+    }
+    fn begin_repair(&mut self) {
+        self.mark_not_clean()
+    }
+}
+
 impl<'a> Checker<'a> {
     fn run(&mut self) -> KResult<()> {
         self.check_super()?;
@@ -318,79 +313,9 @@ impl<'a> Checker<'a> {
     // Reporting
     // ---------------------------------------------------------------------------------------
 
-    pub fn problem(&self, level: Level, phase: &str, object: String, message: String, repair: Option<&str>) -> Problem {
-        Problem {
-            level,
-            finding: Finding {
-                phase: phase.to_string(),
-                object,
-                path: None,
-                message,
-                repair: repair.map(str::to_string),
-                fixed: false,
-            },
-        }
-    }
-
-    /// May the repair of `p` be made?
-    pub fn want(&mut self, p: &Problem) -> bool {
-        if p.finding.repair.is_none() {
-            return false;
-        }
-        let ok = match (self.repair, p.level) {
-            (_, Level::Never) | (Repair::No, _) => false,
-            (Repair::Preen, l) => l != Level::Yes,
-            (Repair::Yes, _) => true,
-            (Repair::Ask, _) => self.sink.ask(&p.finding),
-        };
-        if ok {
-            self.begin_repair();
-        }
-        ok
-    }
-
-    /// Closes a problem: reports it, repaired or not.
-    pub fn done(&mut self, mut p: Problem, fixed: bool) {
-        p.finding.fixed = fixed;
-        if p.level != Level::Minor || fixed {
-            self.problems += 1;
-        }
-        if fixed {
-            self.fixed += 1;
-        }
-        if p.level == Level::Minor && !fixed {
-            p.finding.message.push_str(" (not counted as an error)");
-        }
-        self.sink.finding(&p.finding);
-    }
-
-    pub fn unfixed(&mut self, p: Problem) {
-        self.done(p, false)
-    }
-
-    /// Reports `p` and runs `fix` if allowed; `fix` failing leaves it unfixed.
-    pub fn fix_with(&mut self, p: Problem, fix: impl FnOnce(&mut Self) -> KResult<()>) -> bool {
-        if self.want(&p) {
-            match fix(self) {
-                Ok(()) => {
-                    self.done(p, true);
-                    return true;
-                }
-                Err(e) => {
-                    let mut p = p;
-                    p.finding.message.push_str(&format!(" (repair failed: {e})"));
-                    self.done(p, false);
-                }
-            }
-        } else {
-            self.done(p, false);
-        }
-        false
-    }
-
     /// Marks the file system "not clean" on disk before the first repair, so that an
     /// interrupted repair is checked again.
-    fn begin_repair(&mut self) {
+    fn mark_not_clean(&mut self) {
         if self.marked_dirty || self.repair == Repair::No {
             return;
         }
@@ -880,7 +805,7 @@ impl<'a> Checker<'a> {
         self.dev.sync()?;
         let state = le16(&self.sbraw, sbx::STATE);
         let unclean = state & STATE_VALID == 0 || state & STATE_ERROR != 0;
-        if self.problems == self.fixed && unclean && self.problems == 0 {
+        if self.tally.problems == self.tally.fixed && unclean && self.tally.problems == 0 {
             // Checked whole and found nothing: clean now (e2fsck counts this as a change).
             let p = self.problem(
                 Level::Minor,
@@ -900,7 +825,7 @@ impl<'a> Checker<'a> {
         }
         let mut raw = self.sbraw.clone();
         let mut st = le16(&raw, sbx::STATE);
-        if self.problems == self.fixed {
+        if self.tally.problems == self.tally.fixed {
             st = (st | STATE_VALID) & !STATE_ERROR;
             put16(&mut raw, sbx::MNT_COUNT, 0);
             put32(&mut raw, sbx::LASTCHECK, self.now);
@@ -921,8 +846,8 @@ impl<'a> Checker<'a> {
         let used_blocks = self.used.count_range(0, self.sb.blocks_count) + u64::from(self.sb.first_data_block);
         FsckSummary {
             skipped_clean: false,
-            problems: self.problems,
-            fixed: self.fixed,
+            problems: self.tally.problems,
+            fixed: self.tally.fixed,
             line: format!(
                 "{used_inodes}/{} files ({}.{}% non-contiguous), {used_blocks}/{} blocks",
                 self.sb.inodes_count,

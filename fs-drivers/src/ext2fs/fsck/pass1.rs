@@ -3,7 +3,7 @@
 //! use are marked; a block marked twice is a duplicate, sorted out in passes 1b-1d (who
 //! claims it; cloning).
 
-use super::{kind, put16, put32, Checker, DirBlock, DirInfo, EaBlock, Level, JOURNAL_INO, RESIZE_INO, ROOT_INO};
+use super::{kind, put16, put32, Checker, DirBlock, DirInfo, EaBlock, Level, Reporter, JOURNAL_INO, RESIZE_INO, ROOT_INO};
 use crate::ext2fs::inode::{self, field as ifield, flags, Inode, InodeError};
 use crate::ext2fs::superblock::{incompat, ro_compat, Superblock};
 use crate::ext2fs::{csum, update, xattr};

@@ -3,7 +3,7 @@
 //! names with `/` or NUL, file types against the inodes, htree roots and nodes, and the
 //! metadata_csum checksums. Entries are counted here for pass 4.
 
-use super::{kind, put16, put32, Checker, DirBlock, Level, ROOT_INO};
+use super::{kind, put16, put32, Checker, DirBlock, Level, Reporter, ROOT_INO};
 use crate::ext2fs::inode::{field as ifield, flags};
 use crate::ext2fs::superblock::incompat;
 use crate::ext2fs::{csum, dir, update};

@@ -4,7 +4,7 @@
 //! inodes no entry names (reconnected, or cleared when empty).
 
 use super::pass2::{has_tail, rec_need, set_dx_csum};
-use super::{kind, put16, put32, Checker, DirBlock, DirInfo, Level, ROOT_INO};
+use super::{kind, put16, put32, Checker, DirBlock, DirInfo, Level, Reporter, ROOT_INO};
 use crate::ext2fs::inode::{field as ifield, flags};
 use crate::ext2fs::superblock::incompat;
 use crate::ext2fs::{dir, update};

@@ -3,7 +3,7 @@
 //! against what passes 1-4 found in use. Repairs rewrite the group's bitmap whole.
 
 use super::bits::{disk_bit, put_disk_bit, ranges};
-use super::{kind, Checker, Level};
+use super::{kind, Checker, Level, Reporter};
 use crate::ext2fs::alloc::{group_blocks, group_first};
 use crate::ext2fs::group::{self, GroupDesc};
 use crate::ext2fs::update;

@@ -34,27 +34,11 @@ use super::update::{self, Cg};
 use super::{dir, find_superblock};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+pub(crate) use vfs_faction::fsck::{Level, Problem, Reporter, Tally};
 use vfs_faction::{
-    BlockDevice, CachedDev, Errno, Finding, FsckOptions, FsckSink, FsckSummary, KResult, MountContext, MountError,
+    BlockDevice, CachedDev, Errno, FsckOptions, FsckSink, FsckSummary, KResult, MountContext, MountError,
     Repair, Timespec,
 };
-
-/// How far a repair may go without asking (fsck_ffs: what preen may fix).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Level {
-    /// Counts, maps, summaries, link counts, reconnection, check hashes.
-    Preen,
-    /// Destroys something (clears an inode or an entry): `-y` or asked.
-    Yes,
-    /// Reported; this checker cannot repair it.
-    Never,
-}
-
-/// A problem being reported: decided with [`Checker::want`], closed with [`Checker::done`].
-pub(crate) struct Problem {
-    level: Level,
-    finding: Finding,
-}
 
 /// Per-inode state codes (`state`).
 pub(crate) mod st {
@@ -128,8 +112,7 @@ pub(crate) struct Checker<'a> {
     pub repair: Repair,
     pub sink: &'a mut dyn FsckSink,
     pub now: Timespec,
-    pub problems: u64,
-    pub fixed: u64,
+    pub tally: Tally,
     pub wrote: bool,
     pub marked_dirty: bool,
     pub sb_changed: bool,
@@ -203,8 +186,7 @@ pub(crate) fn check(
         repair: opts.repair,
         sink,
         now: ctx.hyper.clock_realtime(),
-        problems: 0,
-        fixed: 0,
+        tally: Tally::default(),
         wrote: false,
         marked_dirty: false,
         sb_changed: false,
@@ -232,6 +214,22 @@ pub(crate) fn check(
     Ok(c.summary())
 }
 
+/// The shared reporting ([`Reporter`]): where findings go, and the repair mode.
+impl Reporter for Checker<'_> {
+    fn repair_mode(&self) -> Repair {
+        self.repair
+    }
+    fn sink(&mut self) -> &mut dyn FsckSink {
+        self.sink
+    }
+    fn tally(&mut self) -> &mut Tally {
+        &mut self.tally
+    }
+    fn begin_repair(&mut self) {
+        self.mark_not_clean()
+    }
+}
+
 impl<'a> Checker<'a> {
     fn run(&mut self) -> KResult<()> {
         self.check_super()?;
@@ -255,20 +253,6 @@ impl<'a> Checker<'a> {
     // ---------------------------------------------------------------------------------------
     // Reporting
 
-    pub fn problem(&self, level: Level, phase: &str, object: String, message: String, repair: Option<&str>) -> Problem {
-        Problem {
-            level,
-            finding: Finding {
-                phase: phase.to_string(),
-                object,
-                path: None,
-                message,
-                repair: repair.map(str::to_string),
-                fixed: false,
-            },
-        }
-    }
-
     /// The same, naming the path of inode `ino` where it is known.
     pub fn problem_ino(&mut self, level: Level, phase: &str, ino: u32, message: String, repair: Option<&str>) -> Problem {
         let mut p = self.problem(level, phase, format!("inode {ino}"), message, repair);
@@ -276,60 +260,13 @@ impl<'a> Checker<'a> {
         p
     }
 
-    /// May the repair of `p` be made?
-    pub fn want(&mut self, p: &Problem) -> bool {
-        if p.finding.repair.is_none() {
-            return false;
-        }
-        let ok = match (self.repair, p.level) {
-            (_, Level::Never) | (Repair::No, _) => false,
-            (Repair::Preen, l) => l == Level::Preen,
-            (Repair::Yes, _) => true,
-            (Repair::Ask, _) => self.sink.ask(&p.finding),
-        };
-        if ok {
-            self.begin_repair();
-        }
-        ok
-    }
-
-    /// Closes a problem: reports it, repaired or not.
-    pub fn done(&mut self, mut p: Problem, fixed: bool) {
-        p.finding.fixed = fixed;
-        self.problems += 1;
-        if fixed {
-            self.fixed += 1;
-        }
-        self.sink.finding(&p.finding);
-    }
-
     /// Reports something that is not a problem of its own (who else claims a fragment).
     pub fn note(&mut self, p: Problem) {
         self.sink.finding(&p.finding);
     }
 
-    /// Reports `p` and runs `fix` if allowed; `fix` failing leaves it unfixed.
-    pub fn fix_with(&mut self, p: Problem, fix: impl FnOnce(&mut Self) -> KResult<()>) -> bool {
-        if self.want(&p) {
-            match fix(self) {
-                Ok(()) => {
-                    self.done(p, true);
-                    return true;
-                }
-                Err(e) => {
-                    let mut p = p;
-                    p.finding.message.push_str(&format!(" (repair failed: {e})"));
-                    self.done(p, false);
-                }
-            }
-        } else {
-            self.done(p, false);
-        }
-        false
-    }
-
     /// Marks the file system not clean on disk before the first repair.
-    fn begin_repair(&mut self) {
+    fn mark_not_clean(&mut self) {
         if self.marked_dirty || self.repair == Repair::No {
             return;
         }
@@ -640,11 +577,11 @@ impl<'a> Checker<'a> {
         }
         self.dev.sync()?;
         let unclean = self.sb.clean == 0 || self.sb.flags & (flags::FS_UNCLEAN | flags::FS_NEEDSFSCK) != 0;
-        if !(self.marked_dirty || self.sb_changed || (unclean && self.problems == 0)) {
+        if !(self.marked_dirty || self.sb_changed || (unclean && self.tally.problems == 0)) {
             return Ok(());
         }
         let mut raw = self.sbraw.clone();
-        let all_fixed = self.problems == self.fixed;
+        let all_fixed = self.tally.problems == self.tally.fixed;
         let f = update::sb_flags(&self.sb, &raw);
         if all_fixed {
             update::sb_set_clean(&mut raw, update::FS_ISCLEAN);
@@ -671,8 +608,8 @@ impl<'a> Checker<'a> {
         let used = (self.sb.dsize as i64).saturating_sub(free).max(0);
         FsckSummary {
             skipped_clean: false,
-            problems: self.problems,
-            fixed: self.fixed,
+            problems: self.tally.problems,
+            fixed: self.tally.fixed,
             line: format!("{files} files, {used} used, {free} free ({} frags, {} blocks)", t.nffree, t.nbfree),
         }
     }

@@ -4,7 +4,7 @@
 //! e2fsck does) the claimant gets its own copy of every fragment run it shares, so both
 //! files keep their content; pass 1b names the other claimants and makes the copies.
 
-use super::{st, Checker, DirInfo, Level, MAX_DUPS};
+use super::{st, Checker, DirInfo, Level, Reporter, MAX_DUPS};
 use crate::ffs::dir::{kind_dtype, DIRBLKSIZ};
 use crate::ffs::inode::{self, Inode, InodeError};
 use crate::ffs::superblock::{ck, Superblock, NDADDR, NIADDR, ROOTINO};

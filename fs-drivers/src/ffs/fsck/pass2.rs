@@ -3,7 +3,7 @@
 //! or bad, extra links to directories, `d_type`. Counts references for pass 4.
 
 use super::pass1::Ev;
-use super::{is_dot, st, state_dtype, Checker, Level, CHUNK};
+use super::{is_dot, st, state_dtype, Checker, Level, Reporter, CHUNK};
 use crate::ffs::dir::{self, DT_WHT};
 use crate::ffs::inode::Inode;
 use crate::ffs::superblock::ROOTINO;

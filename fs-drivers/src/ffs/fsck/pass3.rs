@@ -3,7 +3,7 @@
 //! counts; unreferenced files reconnected (or cleared when empty or already unlinked);
 //! bad inodes whose entries are gone cleared.
 
-use super::{st, Checker, DirInfo, Level, CHUNK};
+use super::{st, Checker, DirInfo, Level, Reporter, CHUNK};
 use crate::ffs::dir::{self, kind_dtype};
 use crate::ffs::inode::Inode;
 use crate::ffs::superblock::{NDADDR, NIADDR, ROOTINO};

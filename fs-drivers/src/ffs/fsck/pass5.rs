@@ -3,7 +3,7 @@
 //! the summary area and the superblock's totals. A damaged group header is rebuilt from a
 //! good group's layout (its maps are then written from scratch).
 
-use super::{st, Checker, Level};
+use super::{st, Checker, Level, Reporter};
 use crate::ffs::superblock::ROOTINO;
 use crate::ffs::update::{self, bit, cgf, set_bit, Cg, Csum};
 use crate::ffs::{cg as cgoff, superblock::CsTotal};
