@@ -138,6 +138,31 @@ fn the_server_enforces_permissions_per_user() {
     m.unmount();
 }
 
+/// A walk sends the listings of subdirectories ahead, with the credentials of whoever listed
+/// the parent, and an opendir takes a listing that came back as its permission check: one
+/// the server refused must close the directory to that user, and to no one else.
+#[test]
+fn listings_sent_ahead_keep_unreadable_directories_closed() {
+    let srv = NfsServer::start();
+    for (d, mode) in [("private", 0o700), ("shared", 0o755)] {
+        fs::create_dir(srv.path(d)).unwrap();
+        fs::write(srv.path(&format!("{d}/inside-{d}")), b"x").unwrap();
+        chmod(&srv.path(d), mode);
+    }
+    let m = mount_nfs(&srv, "rw,allow_other");
+    let top = m.path("");
+    let out = as_user(1000, 1000, "ls", &["-R".as_ref(), top.as_os_str()]);
+    assert!(out.stdout.contains("inside-shared"), "uid 1000 lists the readable directory: {out:?}");
+    assert!(!out.stdout.contains("inside-private"), "uid 1000 listed a root-only directory: {out:?}");
+    // Refused at opendir, as the kernel's client refuses it ("reading directory" would mean
+    // the open went through and only the listing failed).
+    assert!(out.stderr.contains("cannot open directory") && out.stderr.contains("private"), "{out:?}");
+    // The same directory as its owner, right after: the refusal was uid 1000's alone.
+    let names: Vec<_> = fs::read_dir(m.path("private")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["inside-private"], "root lists it");
+    m.unmount();
+}
+
 #[test]
 fn many_threads_read_and_write_different_files() {
     let srv = NfsServer::start();

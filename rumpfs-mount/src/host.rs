@@ -3,7 +3,8 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::Arc;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use vfs_faction::hypercall::{ConnectOptions, Socket, ThreadHandle};
 use vfs_faction::{BlockDevice, Errno, Hypercalls, KResult, OpenMode, Timespec};
@@ -26,7 +27,25 @@ fn io_errno(e: &std::io::Error) -> Errno {
     }
 }
 
-struct TcpSocket(TcpStream);
+/// A TCP connection, and the receive timeout last set on it (set again only when it changes:
+/// a setsockopt per receive was a fifth of the system calls of a large NFS read).
+struct TcpSocket(TcpStream, Mutex<Option<Option<Duration>>>);
+
+impl TcpSocket {
+    fn new(s: TcpStream) -> TcpSocket {
+        TcpSocket(s, Mutex::new(None))
+    }
+
+    fn set_timeout(&self, timeout: Option<Duration>) -> KResult<()> {
+        let timeout = timeout.map(|t| t.max(Duration::from_millis(1)));
+        let mut cur = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        if *cur != Some(timeout) {
+            self.0.set_read_timeout(timeout).map_err(|e| io_errno(&e))?;
+            *cur = Some(timeout);
+        }
+        Ok(())
+    }
+}
 
 impl Socket for TcpSocket {
     fn send(&self, buf: &[u8]) -> KResult<usize> {
@@ -34,9 +53,28 @@ impl Socket for TcpSocket {
     }
 
     fn recv(&self, buf: &mut [u8], timeout: Option<Duration>) -> KResult<usize> {
-        let timeout = timeout.map(|t| t.max(Duration::from_millis(1)));
-        self.0.set_read_timeout(timeout).map_err(|e| io_errno(&e))?;
+        self.set_timeout(timeout)?;
         (&self.0).read(buf).map_err(|e| io_errno(&e))
+    }
+
+    fn recv_append(&self, buf: &mut Vec<u8>, max: usize, timeout: Option<Duration>) -> KResult<usize> {
+        self.set_timeout(timeout)?;
+        buf.reserve(max);
+        let spare = &mut buf.spare_capacity_mut()[..max];
+        loop {
+            // SAFETY: recv(2) writes at most `max` bytes into the spare capacity, which has
+            // room for them; the length grows only by what it reports written.
+            let n = unsafe { libc::recv(self.0.as_raw_fd(), spare.as_mut_ptr().cast(), max, 0) };
+            if n >= 0 {
+                let n = n as usize;
+                unsafe { buf.set_len(buf.len() + n) };
+                return Ok(n);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(io_errno(&e));
+            }
+        }
     }
 
     fn shutdown(&self) {
@@ -118,7 +156,7 @@ impl Hypercalls for HostPlatform {
             .map_err(|e| io_errno(&e))?
         };
         let _ = s.set_nodelay(true);
-        Ok(Box::new(TcpSocket(s)))
+        Ok(Box::new(TcpSocket::new(s)))
     }
 
     fn clock_realtime(&self) -> Timespec {

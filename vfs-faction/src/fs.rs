@@ -207,6 +207,14 @@ pub trait FileSystem: Send + Sync {
     /// (0 when access is not sequential); the driver may prefetch them.
     fn read(&self, vn: &Vnode, off: u64, buf: &mut [u8], readahead: u64) -> KResult<usize>;
 
+    /// [`FileSystem::read`] of up to `len` bytes that lends them to `out` from where the
+    /// driver holds them (a network reply, say) instead of copying them into a buffer.
+    /// `None` when the driver cannot for this request (then `out` was not called and the
+    /// caller reads into a buffer); otherwise `out` was called once, unless with an error.
+    fn read_lent(&self, _vn: &Vnode, _off: u64, _len: usize, _readahead: u64, _out: &mut dyn FnMut(&[u8])) -> Option<KResult<()>> {
+        None
+    }
+
     /// Target of a symbolic link.
     fn readlink(&self, vn: &Vnode) -> KResult<Vec<u8>>;
 

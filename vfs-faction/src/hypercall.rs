@@ -73,6 +73,17 @@ pub trait Socket: Send + Sync {
     /// Returns 0 at end of stream. Blocks. Fails: `ETIMEDOUT`, `ECONNRESET`, `EINTR`.
     fn recv(&self, buf: &mut [u8], timeout: Option<Duration>) -> KResult<usize>;
 
+    /// [`Socket::recv`] of up to `max` bytes appended to `buf` (which grows by what came).
+    /// A host can receive straight into the vector's spare capacity, saving the zeroing of a
+    /// buffer that is about to be overwritten (a megabyte per NFS READ reply).
+    fn recv_append(&self, buf: &mut Vec<u8>, max: usize, timeout: Option<Duration>) -> KResult<usize> {
+        let start = buf.len();
+        buf.resize(start + max, 0);
+        let r = self.recv(&mut buf[start..], timeout);
+        buf.truncate(start + *r.as_ref().unwrap_or(&0));
+        r
+    }
+
     /// Shuts both directions down, waking any thread blocked in `recv`. Never fails.
     fn shutdown(&self);
 

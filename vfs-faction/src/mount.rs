@@ -361,12 +361,32 @@ impl Mount {
         self.read_with(&self.fs_as(cred), vn, off, buf)
     }
 
+    /// [`Mount::read_as`] that hands the bytes to `out` (called once when it succeeds): from
+    /// where the driver holds them when it can lend them, else through `buf`, whose length is
+    /// how much to read.
+    pub fn read_to(&self, cred: &Cred, vn: &Vnode, off: u64, buf: &mut [u8], out: &mut dyn FnMut(&[u8])) -> KResult<()> {
+        let fs = self.fs_as(cred);
+        let window = Self::readahead(vn, off, buf.len());
+        if let Some(r) = fs.read_lent(vn, off, buf.len(), window, out) {
+            return r;
+        }
+        let n = fs.read(vn, off, buf, window)?;
+        out(&buf[..n]);
+        Ok(())
+    }
+
     fn read_with(&self, fs: &FsRef<'_>, vn: &Vnode, off: u64, buf: &mut [u8]) -> KResult<usize> {
-        let end = off.saturating_add(buf.len() as u64);
+        fs.read(vn, off, buf, Self::readahead(vn, off, buf.len()))
+    }
+
+    /// How far past a read of `len` bytes at `off` the reader is expected to go next: a
+    /// window that doubles while reads are sequential (0 when they are not).
+    fn readahead(vn: &Vnode, off: u64, len: usize) -> u64 {
+        let end = off.saturating_add(len as u64);
         let last = vn.last_read_end.swap(end, Ordering::AcqRel);
         // Concurrent FUSE readers may deliver a sequential stream slightly out of order.
         let sequential = off == 0 && last == 0 || off.abs_diff(last) <= RA_MAX;
-        let window = if sequential {
+        if sequential {
             let w = vn.ra_window.load(Ordering::Acquire);
             let w = if w == 0 { RA_MIN } else { (w * 2).min(RA_MAX) };
             vn.ra_window.store(w, Ordering::Release);
@@ -374,8 +394,7 @@ impl Mount {
         } else {
             vn.ra_window.store(0, Ordering::Release);
             0
-        };
-        fs.read(vn, off, buf, window)
+        }
     }
 
     /// Target of symlink `ino`.

@@ -247,8 +247,22 @@ struct DirPage {
 struct Prefetch {
     /// Subdirectories to list soon, in the order a depth-first walk reaches them.
     queue: VecDeque<(u64, Fh)>,
-    /// READDIRPLUS calls sent ahead (directory → call, when sent).
-    inflight: HashMap<u64, (Pending, Duration)>,
+    /// READDIRPLUS calls sent ahead, by directory.
+    inflight: HashMap<u64, Ahead>,
+}
+
+/// A listing sent ahead: the call, or its reply once someone waited for it (the permission
+/// check of an opendir does, see [`NfsFs::listing_allows`]).
+struct Ahead {
+    call: AheadCall,
+    sent: Duration,
+    /// Whose credentials it went with.
+    auth: Auth,
+}
+
+enum AheadCall {
+    Sent(Pending),
+    Got(rpc::Reply),
 }
 
 /// Directory listings sent ahead at once.
@@ -571,7 +585,13 @@ impl NfsFs {
     /// A directory changed: listings of it read ahead or left over are no longer good.
     fn forget_listing(&self, dir: u64) {
         lock(&self.dirpages).remove(&dir);
-        if let Some((p, _)) = lock(&self.prefetch).inflight.remove(&dir) {
+        if let Some(a) = lock(&self.prefetch).inflight.remove(&dir) {
+            self.drop_ahead(a);
+        }
+    }
+
+    fn drop_ahead(&self, a: Ahead) {
+        if let AheadCall::Sent(p) = a.call {
             self.client.cancel(p);
         }
     }
@@ -721,6 +741,12 @@ impl NfsFs {
     fn do_access(&self, cred: &Cred, vn: &Vnode, mask: u32) -> KResult<()> {
         let fh = self.fh_of(vn)?;
         let is_dir = lock(&self.attrs).get(&vn.ino.0).is_some_and(|c| c.fa.ftype == 2);
+        if is_dir && mask & 7 == 4 {
+            // Opening a directory to list it: a walk has usually sent that listing already.
+            if let Some(r) = self.listing_allows(vn.ino.0, &self.auth(cred)) {
+                return r;
+            }
+        }
         let mut want = 0;
         if mask & 4 != 0 {
             want |= ACCESS3_READ;
@@ -881,16 +907,51 @@ impl NfsFs {
 
     /// The READDIRPLUS reply sent ahead for `dir`, if there is a good one.
     fn take_prefetched(&self, dir: u64) -> Option<rpc::Reply> {
-        let (p, sent) = lock(&self.prefetch).inflight.remove(&dir)?;
-        if self.hyper.clock_monotonic().saturating_sub(sent) > self.name_ttl() {
-            // Older than what the kernel may cache: list afresh.
-            self.client.cancel(p);
-            return None;
-        }
-        let limit = self.cfg.rpc.timeo.min(Duration::from_secs(5));
-        let r = self.client.wait_limited(p, Some(limit)).ok()?;
+        let a = lock(&self.prefetch).inflight.remove(&dir)?;
+        let r = self.ahead_reply(a)?.0;
         // An error (even "busy") is left to the ordinary call.
         (Dec::new(r.body()).u32().ok() == Some(0)).then_some(r)
+    }
+
+    /// The reply of a listing sent ahead, waited for if need be (not for long: on a server
+    /// that is slow to answer, the ordinary call takes over); `None` if it is too old.
+    fn ahead_reply(&self, a: Ahead) -> Option<(rpc::Reply, Duration, Auth)> {
+        if self.hyper.clock_monotonic().saturating_sub(a.sent) > self.name_ttl() {
+            // Older than what the kernel may cache: list afresh.
+            self.drop_ahead(a);
+            return None;
+        }
+        let r = match a.call {
+            AheadCall::Got(r) => r,
+            AheadCall::Sent(p) => {
+                let limit = self.cfg.rpc.timeo.min(Duration::from_secs(5));
+                self.client.wait_limited(p, Some(limit)).ok()?
+            }
+        };
+        Some((r, a.sent, a.auth))
+    }
+
+    /// Whether the listing of `dir` sent ahead with the same credentials answers a read
+    /// permission check: the server lists a directory only for those who may read it, so a
+    /// listing that came back is a yes, and NFS3ERR_ACCES a no. The reply is kept for the
+    /// READDIRPLUS that follows the opendir. `None`: no such listing, ask with ACCESS.
+    fn listing_allows(&self, dir: u64, auth: &Auth) -> Option<KResult<()>> {
+        let a = {
+            let mut pf = lock(&self.prefetch);
+            if pf.inflight.get(&dir).is_none_or(|a| a.auth != *auth) {
+                return None;
+            }
+            pf.inflight.remove(&dir)?
+        };
+        let (r, sent, auth) = self.ahead_reply(a)?;
+        match Dec::new(r.body()).u32().ok()? {
+            0 => {
+                lock(&self.prefetch).inflight.insert(dir, Ahead { call: AheadCall::Got(r), sent, auth });
+                Some(Ok(()))
+            }
+            NFS3ERR_ACCES => Some(Err(Errno::EACCES)),
+            _ => None,
+        }
     }
 
     /// Queues `subdirs` for read-ahead (before what was queued: a walk goes depth first) and
@@ -903,10 +964,10 @@ impl NfsFs {
         let now = self.hyper.clock_monotonic();
         let mut pf = lock(&self.prefetch);
         // Listings nobody came for are dropped.
-        let stale: Vec<u64> = pf.inflight.iter().filter(|(_, (_, t))| now.saturating_sub(*t) > Duration::from_secs(2)).map(|(k, _)| *k).collect();
+        let stale: Vec<u64> = pf.inflight.iter().filter(|(_, a)| now.saturating_sub(a.sent) > Duration::from_secs(2)).map(|(k, _)| *k).collect();
         for k in stale {
-            if let Some((p, _)) = pf.inflight.remove(&k) {
-                self.client.cancel(p);
+            if let Some(a) = pf.inflight.remove(&k) {
+                self.drop_ahead(a);
             }
         }
         for sd in subdirs.into_iter().rev() {
@@ -922,7 +983,7 @@ impl NfsFs {
             fh.encode(&mut e);
             e.u64(0).fixed(&[0u8; 8]).u32(READDIR_DIRCOUNT).u32(READDIR_MAX);
             let p = self.client.start(procs::READDIRPLUS, &auth, &e.buf);
-            pf.inflight.insert(ino, (p, now));
+            pf.inflight.insert(ino, Ahead { call: AheadCall::Sent(p), sent: now, auth: auth.clone() });
         }
     }
 
@@ -944,6 +1005,16 @@ impl NfsFs {
                 }
                 return Delivered::Stopped;
             }
+        }
+        // The kernel asks once more, from the last cookie, before it believes the end: that
+        // answer is known too.
+        if let (true, Some(last), false) = (eof, last, self.name_ttl().is_zero()) {
+            let until = self.hyper.clock_monotonic() + self.name_ttl();
+            let mut pages = lock(&self.dirpages);
+            if pages.len() >= RA_FILES * 4 {
+                pages.clear();
+            }
+            pages.insert(dir.ino.0, DirPage { cookie: last, entries: Vec::new(), eof, last, until });
         }
         Delivered::All
     }
@@ -1019,56 +1090,14 @@ impl NfsFs {
         }
         let cs = u64::from(self.rsize);
         let end = off.saturating_add(buf.len() as u64);
-        let ahead = if readahead >= RA_SEQUENTIAL { cs * RA_CHUNKS } else { readahead.min(cs * RA_CHUNKS) };
-        let ra_end = end.saturating_add(ahead);
-        let auth = self.auth(cred);
-        let chunks: Vec<(u64, Chunk)> = {
-            let mut ra = lock(&self.ra);
-            if ra.len() > RA_FILES && !ra.contains_key(&fileid) {
-                if let Some(k) = ra.keys().next().copied() {
-                    ra.remove(&k);
-                }
-            }
-            let m = ra.entry(fileid).or_default();
-            // Chunks wholly before this read are done with.
-            let first = off - off % cs;
-            let old: Vec<u64> = m.range(..first).map(|(k, _)| *k).collect();
-            for k in old {
-                if let Some(c) = m.remove(&k) {
-                    if let ChunkState::Pending(p) = &*lock(&c) {
-                        self.client.cancel(*p);
-                    }
-                }
-            }
-            let mut want = Vec::new();
-            let mut c = first;
-            while c < ra_end {
-                let ch = m
-                    .entry(c)
-                    .or_insert_with(|| Arc::new(Mutex::new(ChunkState::Pending(self.start_read(&auth, &fh, c, self.rsize)))))
-                    .clone();
-                if c < end {
-                    want.push((c, ch));
-                }
-                c += cs;
-            }
-            want
-        };
+        let chunks = self.ra_chunks(cred, &fh, fileid, off, end, readahead);
         let mut done = 0usize;
         for (start, ch) in chunks {
             let pos = off + done as u64;
             if pos >= end {
                 break;
             }
-            let (data, eof) = match self.chunk_data(&ch) {
-                Ok(x) => x,
-                Err(e) => {
-                    if let Some(m) = lock(&self.ra).get_mut(&fileid) {
-                        m.remove(&start);
-                    }
-                    return Err(e);
-                }
-            };
+            let (data, eof) = self.chunk_data_of(fileid, start, &ch)?;
             let in_chunk = (pos - start) as usize;
             if in_chunk < data.len() {
                 let n = (data.len() - in_chunk).min(buf.len() - done);
@@ -1089,6 +1118,86 @@ impl NfsFs {
             }
         }
         Ok(done)
+    }
+
+    /// A sequential read that falls within one read-ahead chunk is lent from the READ reply
+    /// it arrived in; others are left to [`NfsFs::do_read`] (the chunks stay for it).
+    fn read_lent(&self, cred: &Cred, vn: &Vnode, off: u64, len: usize, readahead: u64, out: &mut dyn FnMut(&[u8])) -> Option<KResult<()>> {
+        if readahead == 0 {
+            return None;
+        }
+        let fileid = vn.ino.0;
+        if let Err(e) = self.write_back(fileid, false) {
+            return Some(Err(e));
+        }
+        let fh = match self.fh_of(vn) {
+            Ok(fh) => fh,
+            Err(e) => return Some(Err(e)),
+        };
+        let end = off.saturating_add(len as u64);
+        let chunks = self.ra_chunks(cred, &fh, fileid, off, end, readahead);
+        let [(start, ch)] = &chunks[..] else { return None };
+        let (data, eof) = match self.chunk_data_of(fileid, *start, ch) {
+            Ok(x) => x,
+            Err(e) => return Some(Err(e)),
+        };
+        let from = ((off - start) as usize).min(data.len());
+        if from + len <= data.len() {
+            out(&data[from..from + len]);
+        } else if eof {
+            out(&data[from..]);
+        } else {
+            return None;
+        }
+        Some(Ok(()))
+    }
+
+    /// The data of read-ahead chunk `ch` (at `start` of `fileid`); a failed one is dropped.
+    fn chunk_data_of(&self, fileid: u64, start: u64, ch: &Chunk) -> KResult<(Arc<ReadData>, bool)> {
+        self.chunk_data(ch).inspect_err(|_| {
+            if let Some(m) = lock(&self.ra).get_mut(&fileid) {
+                m.remove(&start);
+            }
+        })
+    }
+
+    /// The read-ahead chunks that hold `off..end` of `fileid`, READs sent for them and for
+    /// `readahead` bytes past them; chunks before `off` are done with.
+    fn ra_chunks(&self, cred: &Cred, fh: &Fh, fileid: u64, off: u64, end: u64, readahead: u64) -> Vec<(u64, Chunk)> {
+        let cs = u64::from(self.rsize);
+        let ahead = if readahead >= RA_SEQUENTIAL { cs * RA_CHUNKS } else { readahead.min(cs * RA_CHUNKS) };
+        let ra_end = end.saturating_add(ahead);
+        let auth = self.auth(cred);
+        let mut ra = lock(&self.ra);
+        if ra.len() > RA_FILES && !ra.contains_key(&fileid) {
+            if let Some(k) = ra.keys().next().copied() {
+                ra.remove(&k);
+            }
+        }
+        let m = ra.entry(fileid).or_default();
+        // Chunks wholly before this read are done with.
+        let first = off - off % cs;
+        let old: Vec<u64> = m.range(..first).map(|(k, _)| *k).collect();
+        for k in old {
+            if let Some(c) = m.remove(&k) {
+                if let ChunkState::Pending(p) = &*lock(&c) {
+                    self.client.cancel(*p);
+                }
+            }
+        }
+        let mut want = Vec::new();
+        let mut c = first;
+        while c < ra_end {
+            let ch = m
+                .entry(c)
+                .or_insert_with(|| Arc::new(Mutex::new(ChunkState::Pending(self.start_read(&auth, fh, c, self.rsize)))))
+                .clone();
+            if c < end {
+                want.push((c, ch));
+            }
+            c += cs;
+        }
+        want
     }
 
     // ----- write-behind -----
@@ -1687,6 +1796,9 @@ impl FileSystem for AsCred<'_> {
     }
     fn read(&self, vn: &Vnode, off: u64, buf: &mut [u8], readahead: u64) -> KResult<usize> {
         self.fs.do_read(&self.cred, vn, off, buf, readahead)
+    }
+    fn read_lent(&self, vn: &Vnode, off: u64, len: usize, readahead: u64, out: &mut dyn FnMut(&[u8])) -> Option<KResult<()>> {
+        self.fs.read_lent(&self.cred, vn, off, len, readahead, out)
     }
     fn readlink(&self, vn: &Vnode) -> KResult<Vec<u8>> {
         self.fs.do_readlink(&self.cred, vn)

@@ -63,6 +63,9 @@ pub const ACCESS3_EXECUTE: u32 = 0x20;
 pub const UNSTABLE: u32 = 0;
 pub const FILE_SYNC: u32 = 2;
 
+/// NFS3ERR_ACCES: permission denied.
+pub const NFS3ERR_ACCES: u32 = 13;
+
 /// NFS3ERR_JUKEBOX: the server is busy (e.g. recalling a file); try again later.
 pub const NFS3ERR_JUKEBOX: u32 = 10008;
 

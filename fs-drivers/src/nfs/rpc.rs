@@ -118,10 +118,13 @@ pub fn read_record(sock: &dyn Socket, max: usize, timeout: Option<Duration>) -> 
         if total > max {
             return Err(malformed(&format!("record of {total} bytes over the limit {max}")));
         }
-        let start = rec.len();
-        rec.resize(total, 0);
-        if len > 0 && !recv_exact(sock, &mut rec[start..], timeout)? {
-            return Err(Errno::ECONNRESET);
+        rec.reserve_exact(len);
+        while rec.len() < total {
+            let want = total - rec.len();
+            if sock.recv_append(&mut rec, want, timeout)? == 0 {
+                log::warn!("nfs: connection closed in the middle of a record");
+                return Err(Errno::ECONNRESET);
+            }
         }
         if mark & LAST_FRAG != 0 {
             return Ok(Some(rec));
