@@ -96,6 +96,29 @@ fn tiny_cache_and_one_vcpu() {
     assert_same(&tree, &m2, FsKind::Ext2_1k);
 }
 
+/// The read-ahead of a mount's backing device, found through /proc/self/mountinfo (root
+/// cannot stat another user's FUSE mount).
+fn read_ahead_kb(m: &Mounted) -> u32 {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mnt = m.mnt.to_str().unwrap();
+    let dev = info.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4) == Some(&mnt)).then(|| f[2].to_string())
+    });
+    let dev = dev.unwrap_or_else(|| panic!("{mnt} not in mountinfo"));
+    fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb")).unwrap().trim().parse().unwrap()
+}
+
+/// Mounted by root, a sequential read comes to us in 1 MiB requests (the kernel's default
+/// read-ahead for FUSE, 128 KiB, would cut it into eight round trips).
+#[test]
+fn root_mounts_read_ahead_a_megabyte() {
+    let (_d, tree, img) = small(FsKind::Ext2_1k, "readahead");
+    let m = Mounted::with(&img, MountSpec::ro(""));
+    assert_eq!(read_ahead_kb(&m), 1024);
+    assert_same(&tree, &m, FsKind::Ext2_1k);
+}
+
 #[test]
 fn fsname_and_subtype_show_in_proc_mounts() {
     let (_d, _t, img) = small(FsKind::Ext2_1k, "names");
@@ -380,6 +403,7 @@ fn ordinary_user_mounts_through_fusermount3() {
         assert!(uid_line.split_whitespace().skip(1).all(|u| u == "1000"), "server {pid} runs as {uid_line}");
     }
     check_user_permissions(&m);
+    assert_eq!(read_ahead_kb(&m), 128, "an ordinary user's mount keeps the kernel's read-ahead");
     // The user sees the whole tree as it is.
     let out = as_user(USER.0, USER.1, "find", &[m.mnt.as_os_str(), OsStr::new("-name"), OsStr::new("hello.txt")]);
     assert_eq!(out.stdout.trim(), m.path("files/hello.txt").display().to_string(), "{}", out.stderr);

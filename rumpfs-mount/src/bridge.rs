@@ -23,7 +23,7 @@ use vfs_faction::{Attr, Cred, Errno, FileType, Ino, KResult, Mount, OpenFlags, T
 const FUSE_ROOT: u64 = 1;
 
 /// Largest read the kernel sends us and read-ahead it may do, bytes.
-const MAX_READ: u32 = 1 << 20;
+pub(crate) const MAX_READ: u32 = 1 << 20;
 
 thread_local! {
     /// The read buffer of this FUSE worker thread.

@@ -295,7 +295,11 @@ fn open_session(
             .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
         let target = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
         return match fuser::Session::from_fd(bridge, fd, config.acl, config.clone()) {
-            Ok(s) => Ok((s, Unmounter::Direct(target))),
+            Ok(s) => {
+                // After the INIT exchange (done by now), which would lower it again.
+                raise_readahead(&target);
+                Ok((s, Unmounter::Direct(target)))
+            }
             Err(e) => {
                 let _ = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH);
                 Err(e)
@@ -305,6 +309,47 @@ fn open_session(
     let mut s = fuser::Session::new(bridge, mountpoint, config)?;
     let u = s.unmount_callable();
     Ok((s, Unmounter::Fuser(u)))
+}
+
+/// The kernel gives a FUSE mount 128 KiB of read-ahead whatever the server asks for (its
+/// `max_readahead` only lowers it), so a sequential read reaches us as 128 KiB requests, each
+/// a round trip. Root may raise it to what we told the kernel we take (1 MiB requests) for
+/// this mount alone, through its backing device in /sys/class/bdi; an ordinary user cannot,
+/// and then nothing changes. Best effort: a failure is logged, never fatal.
+fn raise_readahead(target: &Path) {
+    // From /proc/self/mountinfo, not stat(2): the mount cannot answer before its session runs.
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+    let want = target.as_os_str().as_encoded_bytes();
+    let dev = info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.len() > 4 && unescape_mountinfo(f[4]) == want).then(|| f[2].to_string())
+    });
+    let Some(dev) = dev else { return };
+    let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&path, format!("{}\n", bridge::MAX_READ / 1024)) {
+        log::info!("{path}: {e}; read-ahead stays at the kernel's default");
+    }
+}
+
+/// A mountinfo path field: space, tab, newline and backslash come as `\ooo` octal escapes.
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match oct {
+            Some(d) => {
+                out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8).wrapping_add(c - b'0')));
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 fn fuse_config(opts: &Options, source: &str, read_only: bool) -> fuser::Config {
@@ -416,5 +461,18 @@ fn detach_stdio() {
         for fd in 0..3 {
             let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unescape_mountinfo;
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mountinfo("/mnt/plain"), b"/mnt/plain");
+        assert_eq!(unescape_mountinfo("/mnt/with\\040space\\011tab\\134"), b"/mnt/with space\ttab\\");
+        // Not an escape: left as it is.
+        assert_eq!(unescape_mountinfo("/a\\9x\\04"), b"/a\\9x\\04");
     }
 }
