@@ -119,6 +119,42 @@ fn root_mounts_read_ahead_a_megabyte() {
     assert_same(&tree, &m, FsKind::Ext2_1k);
 }
 
+/// CPU time (user + system, in clock ticks) the server processes have used.
+fn cpu_ticks(m: &Mounted) -> u64 {
+    m.pids
+        .iter()
+        .map(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            let f: Vec<&str> = rest.split(' ').collect();
+            // utime and stime are fields 14 and 15; `rest` starts at field 3.
+            f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+        })
+        .sum()
+}
+
+/// A worker polls /dev/fuse while requests keep coming (spin=, on by default with two or more
+/// cores); once they stop, so must the polling: an idle mount takes no CPU.
+#[test]
+fn an_idle_mount_uses_no_cpu_after_a_burst() {
+    let (_d, _t, img) = small(FsKind::Ext2_1k, "idle");
+    for spin in ["spin=300", "spin=20000"] {
+        let m = Mounted::with(&img, MountSpec::opts(&format!("rw,{spin}")));
+        assert!(!m.pids.is_empty());
+        for i in 0..300 {
+            fs::write(m.path(&format!("f{i}")), b"burst").unwrap();
+        }
+        // Past the poll window (the longest tried is 20 ms), then a second of nothing.
+        std::thread::sleep(Duration::from_millis(200));
+        let before = cpu_ticks(&m);
+        std::thread::sleep(Duration::from_secs(1));
+        let used = cpu_ticks(&m) - before;
+        // Polling a whole CPU would be ~100 ticks; allow a few for timers and scheduling.
+        assert!(used <= 5, "{spin}: the idle server used {used} ticks of CPU in a second");
+        m.unmount();
+    }
+}
+
 #[test]
 fn fsname_and_subtype_show_in_proc_mounts() {
     let (_d, _t, img) = small(FsKind::Ext2_1k, "names");

@@ -265,6 +265,7 @@ impl Filesystem for Bridge {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        crate::poll::note_request();
         match self.as_caller(req, |c| self.mnt.lookup(c, self.ino(parent), name.as_bytes())) {
             Ok(a) => reply.entry(&self.ttl, &self.attr(&a), Generation(0)),
             Err(e) => reply.error(to_errno(e)),
@@ -272,10 +273,12 @@ impl Filesystem for Bridge {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        crate::poll::note_request();
         self.mnt.forget(self.ino(ino), nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        crate::poll::note_request();
         match self.mnt.getattr(self.ino(ino)) {
             Ok(a) => reply.attr(&self.ttl, &self.attr(&a)),
             Err(e) => reply.error(to_errno(e)),
@@ -283,6 +286,7 @@ impl Filesystem for Bridge {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        crate::poll::note_request();
         match self.mnt.readlink(self.ino(ino)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(to_errno(e)),
@@ -290,6 +294,7 @@ impl Filesystem for Bridge {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
+        crate::poll::note_request();
         let f = OpenFlags::from_raw(flags.0);
         match self.as_caller(req, |c| self.mnt.open(c, self.ino(ino), f)) {
             // Every change goes through this mount, and FUSE keeps its page cache in step with
@@ -310,6 +315,7 @@ impl Filesystem for Bridge {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        crate::poll::note_request();
         let vn = match self.handle(fh) {
             Ok(vn) => vn,
             Err(e) => return reply.error(to_errno(e)),
@@ -347,11 +353,13 @@ impl Filesystem for Bridge {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        crate::poll::note_request();
         self.close_handle(fh);
         reply.ok();
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
+        crate::poll::note_request();
         match self.as_caller(req, |c| self.mnt.opendir(c, self.ino(ino))) {
             Ok(vn) => {
                 let fl = if self.mnt.read_only() && self.keep_cache { FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
@@ -362,6 +370,7 @@ impl Filesystem for Bridge {
     }
 
     fn readdir(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        crate::poll::note_request();
         let r = self.handle(fh).and_then(|vn| {
             self.mnt.readdir_as(&Cred::user(req.uid(), req.gid()), &vn, offset, &mut |e| {
                 !reply.add(INodeNo(self.map(e.ino.0)), e.next, kind(e.kind), OsStr::from_bytes(e.name))
@@ -374,6 +383,7 @@ impl Filesystem for Bridge {
     }
 
     fn readdirplus(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        crate::poll::note_request();
         let r = self.handle(fh).and_then(|vn| {
             self.mnt.readdirplus_as(&Cred::user(req.uid(), req.gid()), &vn, offset, &mut |e, a| match a {
                 Some(a) => !reply.add(
@@ -403,11 +413,13 @@ impl Filesystem for Bridge {
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: FuseOpenFlags, reply: ReplyEmpty) {
+        crate::poll::note_request();
         self.close_handle(fh);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        crate::poll::note_request();
         match self.mnt.statfs() {
             Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namemax, s.bsize),
             Err(e) => reply.error(to_errno(e)),
@@ -415,11 +427,13 @@ impl Filesystem for Bridge {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        crate::poll::note_request();
         let r = self.as_caller(req, |c| self.mnt.getxattr(c, self.ino(ino), name.as_bytes()));
         Self::reply_xattr(reply, size, r);
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        crate::poll::note_request();
         let r = self.as_caller(req, |c| self.mnt.listxattr(c, self.ino(ino))).map(|names| {
             let mut out = Vec::new();
             for n in names {
@@ -432,12 +446,14 @@ impl Filesystem for Bridge {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+        crate::poll::note_request();
         let r = mode_kind(mode)
             .and_then(|k| self.as_caller(req, |c| self.mnt.mknod(c, self.ino(parent), name.as_bytes(), k, mode, rdev)));
         self.entry(reply, r);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        crate::poll::note_request();
         let r = self.as_caller(req, |c| {
             self.mnt.mknod(c, self.ino(parent), name.as_bytes(), FileType::Directory, mode, 0)
         });
@@ -454,6 +470,7 @@ impl Filesystem for Bridge {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        crate::poll::note_request();
         let kind = mode_kind(mode).unwrap_or(FileType::Regular);
         let r = self.as_caller(req, |c| {
             let a = self.mnt.mknod(c, self.ino(parent), name.as_bytes(), kind, mode, 0)?;
@@ -476,6 +493,7 @@ impl Filesystem for Bridge {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        crate::poll::note_request();
         let r = self.as_caller(req, |c| {
             self.mnt.symlink(c, self.ino(parent), link_name.as_bytes(), target.as_os_str().as_bytes())
         });
@@ -483,15 +501,18 @@ impl Filesystem for Bridge {
     }
 
     fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        crate::poll::note_request();
         let r = self.as_caller(req, |c| self.mnt.link(c, self.ino(ino), self.ino(newparent), newname.as_bytes()));
         self.entry(reply, r);
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        crate::poll::note_request();
         Self::empty(reply, self.as_caller(req, |c| self.mnt.unlink(c, self.ino(parent), name.as_bytes())));
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        crate::poll::note_request();
         Self::empty(reply, self.as_caller(req, |c| self.mnt.rmdir(c, self.ino(parent), name.as_bytes())));
     }
 
@@ -505,6 +526,7 @@ impl Filesystem for Bridge {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        crate::poll::note_request();
         let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             RenameMode::Exchange
         } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
@@ -539,6 +561,7 @@ impl Filesystem for Bridge {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        crate::poll::note_request();
         let r = self.as_caller(req, |c| {
             self.mnt.setattr(
                 c,
@@ -570,6 +593,7 @@ impl Filesystem for Bridge {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        crate::poll::note_request();
         let cred = Cred::user(req.uid(), req.gid());
         match self.handle(fh).and_then(|vn| self.mnt.write(&cred, &vn, offset, data)) {
             Ok(n) => reply.written(n as u32),
@@ -578,16 +602,19 @@ impl Filesystem for Bridge {
     }
 
     fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        crate::poll::note_request();
         // close(2): a network file system writes back here (close-to-open consistency).
         let cred = Cred::user(req.uid(), req.gid());
         Self::empty(reply, self.handle(fh).and_then(|vn| self.mnt.flush(&cred, &vn)));
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        crate::poll::note_request();
         Self::empty(reply, self.handle(fh).and_then(|vn| self.mnt.fsync(&vn, datasync)));
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        crate::poll::note_request();
         Self::empty(reply, self.handle(fh).and_then(|vn| self.mnt.fsync(&vn, datasync)));
     }
 
@@ -601,6 +628,7 @@ impl Filesystem for Bridge {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        crate::poll::note_request();
         Self::empty(reply, self.handle(fh).and_then(|vn| self.mnt.fallocate(&vn, mode as u32, offset, length)));
     }
 
@@ -614,6 +642,7 @@ impl Filesystem for Bridge {
         position: u32,
         reply: ReplyEmpty,
     ) {
+        crate::poll::note_request();
         if position != 0 {
             return reply.error(fuser::Errno::EINVAL);
         }
@@ -623,10 +652,12 @@ impl Filesystem for Bridge {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        crate::poll::note_request();
         Self::empty(reply, self.as_caller(req, |c| self.mnt.removexattr(c, self.ino(ino), name.as_bytes())));
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        crate::poll::note_request();
         match self.as_caller(req, |c| self.mnt.access(c, self.ino(ino), mask.bits() as u32)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(to_errno(e)),

@@ -5,6 +5,7 @@ mod bridge;
 mod host;
 mod nfs_cli;
 mod options;
+mod poll;
 
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
@@ -26,7 +27,7 @@ const EXIT_MOUNT: i32 = 32;
     name = "rumpfs-mount",
     version,
     about = "Mount ext2/ext3/ext4 disk images through FUSE, with the file system driver in a user-space rump kernel",
-    after_help = "Options (-o): ro, rw, allow_other, allow_root, auto_unmount, vcpus=N, cache=SIZE, partition=N, fsname=NAME, subtype=NAME, debug.\nSee rumpfs-mount(8)."
+    after_help = "Options (-o): ro, rw, allow_other, allow_root, auto_unmount, vcpus=N, spin=USEC, cache=SIZE, partition=N, fsname=NAME, subtype=NAME, debug.\nSee rumpfs-mount(8)."
 )]
 struct Cli {
     /// File system type (ext2, ext3, ext4); detected from the superblock when omitted
@@ -136,6 +137,7 @@ fn run() -> Result<(), Fail> {
     if cli.single {
         opts.vcpus = 1;
     }
+    poll::configure(opts.spin);
     let debug = cli.debug || opts.debug;
     let foreground = cli.foreground || debug;
     init_log(debug);

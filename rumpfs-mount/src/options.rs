@@ -12,6 +12,8 @@ pub struct Options {
     pub allow_root: bool,
     pub auto_unmount: bool,
     pub vcpus: usize,
+    /// How long a FUSE worker polls for the next request after one (zero: never).
+    pub spin: std::time::Duration,
     pub cache_bytes: usize,
     pub partition: Option<String>,
     pub fsname: Option<String>,
@@ -47,6 +49,11 @@ const NFS_VALUED: &[&str] = &[
 /// NFS client flags, handed to the nfs driver.
 const NFS_FLAGS: &[&str] = &["soft", "hard", "resvport", "noresvport", "noac"];
 
+/// How long a worker polls /dev/fuse after a request by default (see poll.rs): longer than
+/// the gap between the requests of one busy program, short enough that an idle mount stops
+/// at once.
+pub const DEFAULT_SPIN: std::time::Duration = std::time::Duration::from_micros(300);
+
 /// Parses a size such as `64M`, `1G`, `512K`, `1048576` or `2MiB` into bytes.
 pub fn parse_size(s: &str) -> Option<usize> {
     let s = s.trim();
@@ -65,7 +72,8 @@ pub fn parse_size(s: &str) -> Option<usize> {
 
 impl Options {
     /// Defaults: read-write (drivers that cannot write mount read-only with a warning),
-    /// `vcpus` = `cores`, 64 MiB of buffer cache.
+    /// `vcpus` = `cores`, 64 MiB of buffer cache, polling for [`DEFAULT_SPIN`] after each
+    /// request when there is more than one core.
     pub fn new(cores: usize) -> Options {
         Options {
             read_only: false,
@@ -74,6 +82,7 @@ impl Options {
             allow_root: false,
             auto_unmount: false,
             vcpus: cores.max(1),
+            spin: if cores > 1 { DEFAULT_SPIN } else { std::time::Duration::ZERO },
             cache_bytes: vfs_faction::kernel::DEFAULT_CACHE_BYTES,
             partition: None,
             fsname: None,
@@ -137,6 +146,15 @@ impl Options {
                         .filter(|n| (1..=256).contains(n))
                         .ok_or_else(|| OptionError(format!("vcpus={v}: need a number from 1 to 256")))?;
                 }
+                "spin" => {
+                    let v = need(key, val)?;
+                    let us: u64 = v
+                        .parse()
+                        .ok()
+                        .filter(|n| *n <= 1_000_000)
+                        .ok_or_else(|| OptionError(format!("spin={v}: need microseconds from 0 (never) to 1000000")))?;
+                    self.spin = std::time::Duration::from_micros(us);
+                }
                 "cache" => {
                     let v = need(key, val)?;
                     self.cache_bytes = parse_size(v)
@@ -186,6 +204,12 @@ mod tests {
         assert_eq!((o.cache_bytes, o.vcpus), (128 << 20, 1));
         o.apply("rw").unwrap();
         assert!(!o.read_only && o.explicit_rw);
+        assert_eq!(o.spin, DEFAULT_SPIN, "polls by default on two cores");
+        o.apply("spin=0").unwrap();
+        assert!(o.spin.is_zero());
+        o.apply("spin=1500").unwrap();
+        assert_eq!(o.spin, std::time::Duration::from_micros(1500));
+        assert!(Options::new(1).spin.is_zero(), "never on one core");
     }
 
     #[test]
@@ -205,6 +229,7 @@ mod tests {
         assert_eq!(o.apply("frobnicate").unwrap_err().0, "unknown option 'frobnicate'");
         assert!(o.apply("vcpus=0").is_err());
         assert!(o.apply("vcpus=x").is_err());
+        assert!(o.apply("spin=-1").is_err() && o.apply("spin=2000000").is_err() && o.apply("spin").is_err());
         assert!(o.apply("cache=1K").is_err());
         o.apply("cache=512K").unwrap();
         assert_eq!(o.cache_bytes, 512 << 10);
