@@ -137,7 +137,6 @@ fn run() -> Result<(), Fail> {
     if cli.single {
         opts.vcpus = 1;
     }
-    poll::configure(opts.spin);
     let debug = cli.debug || opts.debug;
     let foreground = cli.foreground || debug;
     init_log(debug);
@@ -150,7 +149,9 @@ fn run() -> Result<(), Fail> {
         Ok(_) => return fail(EXIT_MOUNT, format!("mountpoint {}: Not a directory", mountpoint.display())),
         Err(e) => return fail(EXIT_MOUNT, format!("mountpoint {}: {}", mountpoint.display(), io_text(&e))),
     }
-    if looks_like_network(&source, cli.fstype.as_deref()) {
+    let network = looks_like_network(&source, cli.fstype.as_deref());
+    poll::configure(opts.spin_for(network));
+    if network {
         let mnt = nfs_cli::mount(&source, cli.fstype.as_deref(), &opts)?;
         return serve_mount(mnt, &opts, &source, &mountpoint, foreground);
     }

@@ -12,8 +12,10 @@ pub struct Options {
     pub allow_root: bool,
     pub auto_unmount: bool,
     pub vcpus: usize,
-    /// How long a FUSE worker polls for the next request after one (zero: never).
-    pub spin: std::time::Duration,
+    /// How long a FUSE worker polls for the next request after one (zero: never); `None`:
+    /// the default for the kind of mount, see [`Options::spin_for`].
+    pub spin: Option<std::time::Duration>,
+    cores: usize,
     pub cache_bytes: usize,
     pub partition: Option<String>,
     pub fsname: Option<String>,
@@ -72,8 +74,7 @@ pub fn parse_size(s: &str) -> Option<usize> {
 
 impl Options {
     /// Defaults: read-write (drivers that cannot write mount read-only with a warning),
-    /// `vcpus` = `cores`, 64 MiB of buffer cache, polling for [`DEFAULT_SPIN`] after each
-    /// request when there is more than one core.
+    /// `vcpus` = `cores`, 64 MiB of buffer cache.
     pub fn new(cores: usize) -> Options {
         Options {
             read_only: false,
@@ -82,7 +83,8 @@ impl Options {
             allow_root: false,
             auto_unmount: false,
             vcpus: cores.max(1),
-            spin: if cores > 1 { DEFAULT_SPIN } else { std::time::Duration::ZERO },
+            spin: None,
+            cores,
             cache_bytes: vfs_faction::kernel::DEFAULT_CACHE_BYTES,
             partition: None,
             fsname: None,
@@ -90,6 +92,14 @@ impl Options {
             debug: false,
             driver: Vec::new(),
         }
+    }
+
+    /// How long to poll after a request: as given, else [`DEFAULT_SPIN`] for a disk image on
+    /// a machine with more than one core. Never by default for a network mount: there the
+    /// round trip to the server dwarfs the wakeup, and a poller would only take CPU (from
+    /// the server itself when it runs on the same machine).
+    pub fn spin_for(&self, network: bool) -> std::time::Duration {
+        self.spin.unwrap_or(if self.cores > 1 && !network { DEFAULT_SPIN } else { std::time::Duration::ZERO })
     }
 
     /// Applies one comma-separated `-o` list.
@@ -153,7 +163,7 @@ impl Options {
                         .ok()
                         .filter(|n| *n <= 1_000_000)
                         .ok_or_else(|| OptionError(format!("spin={v}: need microseconds from 0 (never) to 1000000")))?;
-                    self.spin = std::time::Duration::from_micros(us);
+                    self.spin = Some(std::time::Duration::from_micros(us));
                 }
                 "cache" => {
                     let v = need(key, val)?;
@@ -204,12 +214,13 @@ mod tests {
         assert_eq!((o.cache_bytes, o.vcpus), (128 << 20, 1));
         o.apply("rw").unwrap();
         assert!(!o.read_only && o.explicit_rw);
-        assert_eq!(o.spin, DEFAULT_SPIN, "polls by default on two cores");
+        assert_eq!(o.spin_for(false), DEFAULT_SPIN, "polls by default for an image on two cores");
+        assert!(o.spin_for(true).is_zero(), "not for a network mount");
+        assert!(Options::new(1).spin_for(false).is_zero(), "never on one core");
         o.apply("spin=0").unwrap();
-        assert!(o.spin.is_zero());
+        assert!(o.spin_for(false).is_zero());
         o.apply("spin=1500").unwrap();
-        assert_eq!(o.spin, std::time::Duration::from_micros(1500));
-        assert!(Options::new(1).spin.is_zero(), "never on one core");
+        assert_eq!(o.spin_for(true), std::time::Duration::from_micros(1500), "given, it holds for any mount");
     }
 
     #[test]
