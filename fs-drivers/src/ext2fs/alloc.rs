@@ -242,19 +242,13 @@ impl Ctx<'_> {
             let from = if step == 0 { (goal - first) as usize } else { 0 };
             let to = if step == n { (goal - first) as usize } else { top };
             let Some(mut bm) = self.block_bitmap(st, g)? else { continue };
-            let mut search = from;
-            let found = loop {
-                let Some(i) = find_clear(&bm, search, to.min(top)) else { break None };
-                let b = first + i as u64;
-                if self.zones.overlaps(b, 1) {
-                    log::error!("{}: group {g}: block bitmap says metadata block {b} is free; not allocating from this group", self.name);
-                    st.bad[gi] = true;
-                    break None;
-                }
-                break Some(i);
-            };
-            let Some(i) = found else { continue };
-            let _ = &mut search;
+            let Some(i) = find_clear(&bm, from, to.min(top)) else { continue };
+            let b = first + i as u64;
+            if self.zones.overlaps(b, 1) {
+                log::error!("{}: group {g}: block bitmap says metadata block {b} is free; not allocating from this group", self.name);
+                st.bad[gi] = true;
+                continue;
+            }
             let mut len = 1usize;
             let stop = match self.zones.next_start(first + i as u64) {
                 Some(z) => ((z - first) as usize).min(top),
