@@ -59,7 +59,7 @@ def make_tarball(work, nfiles, seed):
 
 
 class Mount:
-    def __init__(self, kind, img, mnt, binary):
+    def __init__(self, kind, img, mnt, binary, ropts=""):
         self.kind, self.img, self.mnt = kind, img, mnt
         os.makedirs(mnt, exist_ok=True)
         if kind == "kernel":
@@ -67,7 +67,7 @@ class Mount:
         elif kind == "fuse2fs":
             cmd = ["fuse2fs", img, mnt]
         else:
-            cmd = [binary, img, mnt]
+            cmd = [binary] + (["-o", ropts] if ropts else []) + [img, mnt]
         p = run(cmd, check=False, capture_output=True, text=True, timeout=60)
         if p.returncode != 0:
             raise OSError(f"{kind}: {' '.join(cmd)}: {p.stderr.strip()}")
@@ -127,6 +127,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="64 MiB, 2,000 files, 1 run")
     ap.add_argument("--mounts", default=",".join(KINDS))
+    ap.add_argument("--rumpfs-opts", default="", help="extra -o options for rumpfs-mount (e.g. spin=0)")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/write.py: run as root")
@@ -148,7 +149,7 @@ def main():
                 for w in ("seq_write", "create", "untar"):
                     shutil.copyfile(empty, img)
                     drop_caches()
-                    m = Mount(kind, img, mnt, os.path.abspath(a.bin))
+                    m = Mount(kind, img, mnt, os.path.abspath(a.bin), a.rumpfs_opts)
                     try:
                         if w == "seq_write":
                             v = w_seq(mnt, size_mib)
@@ -172,7 +173,8 @@ def main():
             if os.path.exists(f):
                 os.unlink(f)
     med = {(k, w): statistics.median(res[k][w]) for k in kinds for w, *_ in WORKLOADS if res[k][w]}
-    lines = [f"write path, {runs} run(s), medians; load {open('/proc/loadavg').read().split()[:3]}"]
+    lines = [f"write path, {runs} run(s), medians; load {open('/proc/loadavg').read().split()[:3]}"
+             + (f"; rumpfs-mount -o {a.rumpfs_opts}" if a.rumpfs_opts else "")]
     lines.append(f"{'workload':36}" + "".join(f"{k:>12}" for k in kinds) + "   rumpfs/fuse2fs  rumpfs/kernel")
     for w, label, unit, _hb in WORKLOADS:
         row = f"{label + ' (' + unit + ')':36}" + "".join(f"{med.get((k, w), float('nan')):12.2f}" for k in kinds)
