@@ -275,6 +275,29 @@ fn soft_mount_gives_eio_when_the_server_is_gone() {
     m.unmount();
 }
 
+/// A server that stops reading (frozen, not gone: its connection stays open) fills the socket
+/// buffers; the writer's send must then time out like an unanswered call, not block for ever.
+#[test]
+fn soft_mount_gives_eio_when_the_server_stops_reading() {
+    let mut srv = NfsServer::start();
+    let m = mount_nfs(&srv, "rw,soft,timeo=5,retrans=1");
+    fs::write(m.path("before"), b"written while the server ran").unwrap();
+    let mut f = fs::File::create(m.path("big")).unwrap();
+    srv.pause();
+    m.deadline(Duration::from_secs(60), || {
+        let chunk = random_bytes(7, 1 << 20);
+        // 256 MiB: far more than the socket buffers on both sides hold.
+        let r = (0..256).try_for_each(|_| f.write_all(&chunk)).and_then(|()| f.sync_all());
+        let e = r.expect_err("writing to a frozen server on a soft mount succeeded");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    });
+    drop(f);
+    srv.resume();
+    // Running again, the server answers on a new connection.
+    assert_eq!(fs::read(m.path("before")).unwrap(), b"written while the server ran");
+    m.unmount();
+}
+
 #[test]
 fn unmount_never_hangs_on_a_dead_server() {
     let mut srv = NfsServer::start();

@@ -81,6 +81,8 @@ pub struct NfsServer {
     conf: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// Stopped with SIGSTOP (see [`NfsServer::pause`]).
+    paused: bool,
     _lock: ServerLock,
 }
 
@@ -136,7 +138,7 @@ impl NfsServer {
         );
         std::fs::write(&conf, text).unwrap();
         let log = dir.path().join("ganesha.log");
-        let mut s = NfsServer { dir, export, conf, log, child: None, _lock: lock };
+        let mut s = NfsServer { dir, export, conf, log, child: None, paused: false, _lock: lock };
         assert!(wait_port(NFS_PORT, false, Duration::from_secs(10)), "port {NFS_PORT} is taken by another server");
         s.launch();
         s
@@ -208,6 +210,7 @@ impl NfsServer {
 
     /// Kills the server (SIGKILL: as a crash) and waits until it is gone.
     pub fn kill(&mut self) {
+        self.paused = false;
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -221,8 +224,29 @@ impl NfsServer {
         self.launch();
     }
 
+    /// Freezes the server (SIGSTOP): its connections stay open and the kernel keeps
+    /// accepting bytes for it until the socket buffers fill, but it reads and answers nothing.
+    /// Stopping or dropping the server resumes it first.
+    pub fn pause(&mut self) {
+        if let Some(c) = &self.child {
+            // SAFETY: the pid of a child we started and have not reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGSTOP) };
+            self.paused = true;
+        }
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&mut self) {
+        if let (Some(c), true) = (&self.child, self.paused) {
+            // SAFETY: as in `pause`.
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+        }
+        self.paused = false;
+    }
+
     /// Stops the server by its pid: SIGTERM, then SIGKILL after 10 s.
     pub fn stop(&mut self) {
+        self.resume();
         if let Some(mut c) = self.child.take() {
             // SAFETY: the pid of a child we started and have not reaped.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };

@@ -109,9 +109,7 @@ fn connect_reserved(addr: SocketAddr, timeout: Option<Duration>) -> KResult<TcpS
         }
         match connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
             Ok(()) => {
-                let s = TcpStream::from(fd);
-                let _ = s.set_write_timeout(None);
-                return Ok(s);
+                return Ok(TcpStream::from(fd));
             }
             Err(NixErrno::EADDRINUSE | NixErrno::EADDRNOTAVAIL) => continue,
             Err(NixErrno::EAGAIN | NixErrno::EINPROGRESS) => return Err(Errno::ETIMEDOUT),
@@ -156,6 +154,8 @@ impl Hypercalls for HostPlatform {
             .map_err(|e| io_errno(&e))?
         };
         let _ = s.set_nodelay(true);
+        // Also undoes the connect timeout that connect_reserved set as the send timeout.
+        s.set_write_timeout(opts.send_timeout.map(|t| t.max(Duration::from_millis(1)))).map_err(|e| io_errno(&e))?;
         Ok(Box::new(TcpSocket::new(s)))
     }
 

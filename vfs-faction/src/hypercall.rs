@@ -65,8 +65,9 @@ pub trait BlockDevice: Send + Sync {
 
 /// A connected stream socket (TCP). Used by the net faction.
 pub trait Socket: Send + Sync {
-    /// Sends some of `buf`; returns how many bytes went. Blocks.
-    /// Fails: `ECONNRESET`, `EPIPE`-like errors as `ECONNRESET`, `ENOTCONN`.
+    /// Sends some of `buf`; returns how many bytes went. Blocks, for at most the connection's
+    /// send timeout. Fails: `ETIMEDOUT`, `ECONNRESET`, `EPIPE`-like errors as `ECONNRESET`,
+    /// `ENOTCONN`.
     fn send(&self, buf: &[u8]) -> KResult<usize>;
 
     /// Receives up to `buf.len()` bytes, waiting at most `timeout` (`None`: forever).
@@ -98,6 +99,10 @@ pub struct ConnectOptions {
     pub reserved_port: bool,
     /// Give up connecting after this long.
     pub timeout: Option<Duration>,
+    /// A send the peer takes nothing of for this long fails with `ETIMEDOUT` (what part of it
+    /// went is unknown: the stream is then good only for closing). `None`: blocks forever,
+    /// and a peer that stops reading (a stopped server) blocks the sender with it.
+    pub send_timeout: Option<Duration>,
 }
 
 /// Wall-clock time: seconds and nanoseconds since the Unix epoch.

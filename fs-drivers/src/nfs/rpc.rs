@@ -227,7 +227,7 @@ pub struct SyncConn {
 
 impl SyncConn {
     pub fn connect(hyper: &dyn Hypercalls, addr: SocketAddr, resvport: bool, timeout: Duration) -> KResult<SyncConn> {
-        let sock = hyper.connect(addr, ConnectOptions { reserved_port: resvport, timeout: Some(timeout) })?;
+        let sock = hyper.connect(addr, ConnectOptions { reserved_port: resvport, timeout: Some(timeout), send_timeout: Some(timeout) })?;
         let mut x = [0u8; 4];
         hyper.random(&mut x);
         Ok(SyncConn { sock, xid: u32::from_ne_bytes(x), timeout })
@@ -497,9 +497,15 @@ impl Client {
         }
         st.connecting = true;
         drop(st);
-        let r = self
-            .hyper
-            .connect(self.addr, ConnectOptions { reserved_port: self.opts.resvport, timeout: Some(self.opts.timeo.min(Duration::from_secs(30))) });
+        // A send that stalls for a whole timeout fails: the connection is then dropped and the
+        // calls resent on a new one (or, on a soft mount, given up), as for a silent server. A
+        // server that stopped reading would otherwise hold the sending thread for ever.
+        let opts = ConnectOptions {
+            reserved_port: self.opts.resvport,
+            timeout: Some(self.opts.timeo.min(Duration::from_secs(30))),
+            send_timeout: Some(self.opts.timeo.max(Duration::from_millis(100))),
+        };
+        let r = self.hyper.connect(self.addr, opts);
         let mut st = self.sh.lock();
         st.connecting = false;
         self.sh.cv.notify_all();
