@@ -151,6 +151,12 @@ fn verify(sb: &Superblock, ino: u32, raw: &[u8], extra_isize: usize) -> Result<(
 impl Inode {
     /// Parses inode `ino` from its on-disk record (`sb.inode_size` bytes).
     pub fn parse(sb: &Superblock, ino: u32, raw: &[u8]) -> Result<Inode, InodeError> {
+        Self::parse_as(sb, ino, raw, false)
+    }
+
+    /// [`Inode::parse`]; with `unlinked`, an inode whose link count is 0 but whose mode is
+    /// set (a file on the orphan list) is parsed too instead of taken for free.
+    pub fn parse_as(sb: &Superblock, ino: u32, raw: &[u8], unlinked: bool) -> Result<Inode, InodeError> {
         let corrupt = |m: String| InodeError::Corrupt(m);
         if raw.len() != sb.inode_size as usize || raw.len() < GOOD_OLD_SIZE {
             return Err(corrupt(format!("record of {} bytes", raw.len())));
@@ -168,7 +174,7 @@ impl Inode {
         if sb.metadata_csum() {
             verify(sb, ino, raw, extra_isize).map_err(corrupt)?;
         }
-        if mode == 0 || links == 0 {
+        if mode == 0 || (links == 0 && !unlinked) {
             return Err(InodeError::Free);
         }
         let kind = FileType::from_mode(u32::from(mode))

@@ -247,6 +247,7 @@ fn mount_block(
     };
     if !read_only {
         fs.mark_mounted().map_err(|e| MountError::new(e, format!("{name}: cannot write the superblock: {e}")))?;
+        fs.clean_orphans().map_err(|e| MountError::new(e, format!("{name}: cleaning up orphan inodes: {e}")))?;
     }
     log::info!(
         "{name}: ext rev {} with {} blocks of {} bytes, {} groups, {} inodes; mounted {}",
@@ -608,6 +609,11 @@ impl Ext2Fs {
     }
 
     fn read_inode(&self, ino: u32) -> KResult<Inode> {
+        self.read_inode_as(ino, false)
+    }
+
+    /// [`Ext2Fs::read_inode`]; `unlinked` as in [`Inode::parse_as`].
+    fn read_inode_as(&self, ino: u32, unlinked: bool) -> KResult<Inode> {
         if ino == 0 || ino > self.sb.inodes_count {
             return Err(Errno::ESTALE);
         }
@@ -623,7 +629,7 @@ impl Ext2Fs {
         let isz = self.sb.inode_size as usize;
         let buf = self.bread(blk)?;
         let raw = buf.get(boff..boff + isz).ok_or(Errno::EIO)?;
-        Inode::parse(&self.sb, ino, raw).map_err(|e| match e {
+        Inode::parse_as(&self.sb, ino, raw, unlinked).map_err(|e| match e {
             InodeError::Free => Errno::ENOENT,
             InodeError::Corrupt(m) => {
                 self.corrupt(ino, format!("{m} (inode table block {blk})"));
@@ -827,13 +833,18 @@ impl Ext2Fs {
 
     /// The in-memory inode of `ino`, shared with every vnode that has it.
     fn get_node(&self, ino: u32) -> KResult<Arc<NodeInner>> {
+        self.get_node_as(ino, false)
+    }
+
+    /// [`Ext2Fs::get_node`]; `unlinked` as in [`Inode::parse_as`].
+    fn get_node_as(&self, ino: u32, unlinked: bool) -> KResult<Arc<NodeInner>> {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         // (Not looking at the node's state here: its lock may be held by a thread that is
         // waiting for this table. A freed node is refused by every operation.)
         if let Some(n) = live.get(&ino).and_then(Weak::upgrade) {
             return Ok(n);
         }
-        let inode = self.read_inode(ino)?;
+        let inode = self.read_inode_as(ino, unlinked)?;
         if inode.flags & flags::INLINE_DATA != 0 {
             self.corrupt(ino, "inline data flag set without the inline_data feature".into());
             return Err(Errno::EIO);
@@ -893,6 +904,55 @@ impl Ext2Fs {
         }
         update::sb_set_time(&mut raw, update::sbf::WTIME, update::sbf::WTIME_HI, now);
         update::write_superblock(&self.sb, &self.dev, &mut raw)
+    }
+
+    /// Frees the files a crash left on the orphan list (unlinked while still open, the list
+    /// that the kernel's ext3/ext4 keep from the superblock through each inode's dtime), as
+    /// the kernel does when it mounts: a file with no links left is freed, one with links
+    /// (a truncate cut short) only leaves the list. A list that leaves the inode range or
+    /// loops is left where it stops, for e2fsck, with a warning.
+    fn clean_orphans(&self) -> KResult<()> {
+        let head = le32(&self.raw_sb.lock().unwrap_or_else(|e| e.into_inner()), update::sbf::LAST_ORPHAN);
+        let (mut ino, mut freed, mut kept) = (head, 0u32, 0u32);
+        let mut seen = std::collections::HashSet::new();
+        while ino != 0 {
+            if ino < self.sb.first_ino || ino > self.sb.inodes_count || !seen.insert(ino) {
+                log::warn!("{}: the orphan list is corrupt at inode {ino}; the rest is left to e2fsck", self.name);
+                break;
+            }
+            let n = match self.get_node_as(ino, true) {
+                Ok(n) => n,
+                Err(e) => {
+                    log::warn!("{}: orphan inode {ino} cannot be read ({e}); the rest of the list is left to e2fsck", self.name);
+                    break;
+                }
+            };
+            let next = {
+                let mut st = n.write();
+                let next = st.inode.dtime;
+                if st.inode.links > 0 && !st.freed {
+                    st.inode.dtime = 0;
+                    self.write_inode(ino, &mut st.inode)?;
+                    kept += 1;
+                }
+                next
+            };
+            if n.read().inode.links == 0 {
+                self.do_inactive(&n)?;
+                freed += 1;
+            }
+            ino = next;
+        }
+        if head == 0 {
+            return Ok(());
+        }
+        // Emptied even when it broke off: what is left is e2fsck's to find, and an inode
+        // freed above must not stay on a list.
+        self.raw_sb.lock().unwrap_or_else(|e| e.into_inner())[update::sbf::LAST_ORPHAN..update::sbf::LAST_ORPHAN + 4].fill(0);
+        self.write_sb(None, false)?;
+        self.dev.sync()?;
+        log::info!("{}: orphan list: {freed} inode(s) freed, {kept} kept (still linked)", self.name);
+        Ok(())
     }
 
     /// Marks the file system in use ("not clean"), counts the mount, and flushes.
