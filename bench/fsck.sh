@@ -13,35 +13,21 @@
 #
 # Results: bench/out/latest-fsck.txt, bench/out/fsck-results-*.{txt,json}. It mounts nothing;
 # the images are removed at the end unless --keep-image.
-set -euo pipefail
-: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
-export HOME
-
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$repo"
-
-if [ "$(id -u)" -ne 0 ]; then
-    echo "bench: run as root (it drops the page cache)" >&2
-    exit 1
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_need_root bench "it drops the page cache"
 
 build=1
 args=()
 for a in "$@"; do
     case "$a" in
         --no-build) build=0 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) args+=("$a") ;;
     esac
 done
 
-[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
-if [ $build -eq 1 ]; then
-    echo "bench: cargo build --release -p rumpfs-mount --bins" >&2
-    cargo build --release -p rumpfs-mount --bins
-fi
+[ $build -eq 1 ] && bench_build bench --bins
 
-out="$repo/bench/out"
 mkdir -p "$out/work"
 exec python3 "$repo/bench/fsck.py" --work "$out/work" --out "$out" \
-    --bin "${RUMPFS_FSCK_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/rumpfs-fsck}" "${args[@]}"
+    --bin "${RUMPFS_FSCK_BIN:-$target/release/rumpfs-fsck}" "${args[@]}"

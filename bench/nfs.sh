@@ -13,17 +13,8 @@
 # Results: bench/out/nfs-latest.txt, bench/out/nfs-results-*.{txt,json}. The FUSE mount,
 # ganesha and (if this started it) rpcbind are stopped by their pids on every exit path,
 # including Ctrl-C and a crash of the helper.
-set -euo pipefail
-: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
-export HOME
-
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$repo"
-
-if [ "$(id -u)" -ne 0 ]; then
-    echo "bench/nfs: run as root (it starts ganesha and rpcbind, drops the page cache, mounts)" >&2
-    exit 1
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_need_root bench/nfs "it starts ganesha and rpcbind, drops the page cache, mounts"
 
 build=1
 args=()
@@ -35,57 +26,7 @@ for a in "$@"; do
     esac
 done
 
-[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
-target="${CARGO_TARGET_DIR:-$repo/target}"
-if [ $build -eq 1 ]; then
-    echo "bench/nfs: cargo build --release -p rumpfs-mount (in $target)" >&2
-    cargo build --release -p rumpfs-mount
-fi
-
-out="$repo/bench/out"
-work="$out/work-nfs"
-state="$out/nfs-state"
-mkdir -p "$out"
-: >"$state"
-
-pypid=""
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM HUP
-    if [ -n "$pypid" ] && kill -0 "$pypid" 2>/dev/null; then
-        kill -TERM "$pypid" 2>/dev/null || true
-        wait "$pypid" 2>/dev/null || true
-    fi
-    # Safety net: undo what the helper recorded and did not undo itself: the mount first, then
-    # the processes in reverse order of start (rumpfs-mount, ganesha, rpcbind), each only if
-    # that pid still runs with the argument recorded for it (our mountpoint, our config file,
-    # the rpcbind we started).
-    if [ -f "$state" ]; then
-        while read -r what a _; do
-            if [ "$what" = mount ] && mountpoint -q "$a" 2>/dev/null; then
-                echo "bench/nfs: cleanup: unmounting $a" >&2
-                umount "$a" 2>/dev/null || fusermount3 -u "$a" 2>/dev/null ||
-                    umount -l "$a" 2>/dev/null || true
-            fi
-        done <"$state"
-        sleep 0.5
-        tac "$state" | while read -r what a b; do
-            if [ "$what" = pid ] && [ -r "/proc/$a/cmdline" ] &&
-                tr '\0' '\n' <"/proc/$a/cmdline" 2>/dev/null | grep -qxF "$b"; then
-                echo "bench/nfs: cleanup: stopping $a ($b)" >&2
-                kill -TERM "$a" 2>/dev/null || true
-                for _ in $(seq 50); do kill -0 "$a" 2>/dev/null || break; sleep 0.2; done
-                if tr '\0' '\n' <"/proc/$a/cmdline" 2>/dev/null | grep -qxF "$b"; then
-                    kill -KILL "$a" 2>/dev/null || true
-                fi
-            fi
-        done
-    fi
-    exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT HUP
-trap 'exit 143' TERM
+[ $build -eq 1 ] && bench_build bench/nfs
 
 # One NFS server per portmapper: the test binaries (tests/nfs_server.rs) hold an exclusive flock
 # on this file while their ganesha runs, and so do we, from before ganesha and rpcbind start
@@ -99,7 +40,6 @@ if ! flock -n 9; then
     flock 9
 fi
 
-python3 "$repo/bench/nfs.py" --work "$work" --state "$state" --out "$out" \
-    --bin "${RUMPFS_MOUNT_BIN:-$target/release/rumpfs-mount}" "${args[@]}" &
-pypid=$!
-wait "$pypid"
+work="$out/work-nfs"
+bench_run_helper bench/nfs "$out/nfs-state" "$repo/bench/nfs.py" --work "$work" --state "$out/nfs-state" --out "$out" \
+    --bin "${RUMPFS_MOUNT_BIN:-$target/release/rumpfs-mount}" "${args[@]}"
