@@ -1069,27 +1069,7 @@ fn random_mix(k: Kind, seed: u64) {
     let img = empty_image(d.path(), k, "128m", "");
     let reference = tempfile::Builder::new().prefix("rumpfs-ref-").tempdir_in("/dev/shm").unwrap();
     let m = Mounted::with(&img, rw());
-    const THREADS: u64 = 4;
-    const OPS: u64 = 500;
-    for root in [m.mnt.as_path(), reference.path()] {
-        fs::create_dir(root.join("shared")).unwrap();
-        for t in 0..THREADS {
-            fs::create_dir(root.join(format!("t{t}"))).unwrap();
-        }
-    }
-    let failures: Vec<String> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let roots = [m.mnt.as_path(), reference.path()];
-                s.spawn(move || {
-                    let mut rng = Rng::new(seed * 1000 + t);
-                    let own = format!("t{t}");
-                    (0..OPS).filter_map(|_| random_op(&mut rng, roots, &own, "shared").err()).collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
-    });
+    let failures = mirrored_random_ops([m.mnt.as_path(), reference.path()], 4, 500, seed, random_op);
     assert!(failures.is_empty(), "{}: outcomes differ from tmpfs:\n  {}", k.name, failures.join("\n  "));
     pin_times(&m.mnt);
     pin_times(reference.path());

@@ -2027,3 +2027,32 @@ pub fn vfs_list_dir(m: &vfs_faction::Mount, ino: vfs_faction::Ino) -> vfs_factio
     m.release(vn);
     r.map(|()| out)
 }
+
+/// One random operation done on both trees (a mount and a reference directory), by a thread
+/// that owns directory `own` and shares `shared` with the others: `Err` says how the two
+/// outcomes differed.
+pub type MirroredOp = fn(&mut Rng, [&Path; 2], &str, &str) -> Result<(), String>;
+
+/// `threads` threads, each doing `ops` seeded random operations `op` on both `roots` at once,
+/// each in its own directory `t{n}` and in the `shared` one (all made here): the outcomes
+/// that differed between the two trees.
+pub fn mirrored_random_ops(roots: [&Path; 2], threads: u64, ops: u64, seed: u64, op: MirroredOp) -> Vec<String> {
+    for root in roots {
+        fs::create_dir(root.join("shared")).unwrap();
+        for t in 0..threads {
+            fs::create_dir(root.join(format!("t{t}"))).unwrap();
+        }
+    }
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut rng = Rng::new(seed * 1000 + t);
+                    let own = format!("t{t}");
+                    (0..ops).filter_map(|_| op(&mut rng, roots, &own, "shared").err()).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    })
+}
