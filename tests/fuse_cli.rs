@@ -99,6 +99,10 @@ fn tiny_cache_and_one_vcpu() {
 /// The read-ahead of a mount's backing device, found through /proc/self/mountinfo (root
 /// cannot stat another user's FUSE mount).
 fn read_ahead_kb(m: &Mounted) -> u32 {
+    fs::read_to_string(read_ahead_file(m)).unwrap().trim().parse().unwrap()
+}
+
+fn read_ahead_file(m: &Mounted) -> PathBuf {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let mnt = m.mnt.to_str().unwrap();
     let dev = info.lines().find_map(|l| {
@@ -106,7 +110,7 @@ fn read_ahead_kb(m: &Mounted) -> u32 {
         (f.get(4) == Some(&mnt)).then(|| f[2].to_string())
     });
     let dev = dev.unwrap_or_else(|| panic!("{mnt} not in mountinfo"));
-    fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb")).unwrap().trim().parse().unwrap()
+    PathBuf::from(format!("/sys/class/bdi/{dev}/read_ahead_kb"))
 }
 
 /// Mounted by root, a sequential read comes to us in 1 MiB requests (the kernel's default
@@ -115,6 +119,11 @@ fn read_ahead_kb(m: &Mounted) -> u32 {
 fn root_mounts_read_ahead_a_megabyte() {
     let (_d, tree, img) = small(FsKind::Ext2_1k, "readahead");
     let m = Mounted::with(&img, MountSpec::ro(""));
+    // Where /sys is read-only even to root (some containers), nothing can raise it.
+    if let Err(e) = fs::OpenOptions::new().write(true).open(read_ahead_file(&m)) {
+        eprintln!("SKIP: {}: {e}", read_ahead_file(&m).display());
+        return;
+    }
     assert_eq!(read_ahead_kb(&m), 1024);
     assert_same(&tree, &m, FsKind::Ext2_1k);
 }
