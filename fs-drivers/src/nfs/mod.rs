@@ -946,7 +946,8 @@ impl NfsFs {
         let (r, sent, auth) = self.ahead_reply(a)?;
         match Dec::new(r.body()).u32().ok()? {
             0 => {
-                lock(&self.prefetch).inflight.insert(dir, Ahead { call: AheadCall::Got(r), sent, auth });
+                // Kept for the READDIRPLUS to come, unless a listing was sent again meanwhile.
+                lock(&self.prefetch).inflight.entry(dir).or_insert(Ahead { call: AheadCall::Got(r), sent, auth });
                 Some(Ok(()))
             }
             NFS3ERR_ACCES => Some(Err(Errno::EACCES)),
