@@ -18,6 +18,22 @@ cd "$repo"
 target="${CARGO_TARGET_DIR:-$repo/target}"
 out="$repo/bench/out"
 
+# bench_args LAST ARGS...: takes --no-build (build=0) and -h/--help (prints the script's
+# header comment, lines 2 to LAST); the other arguments are left, in order, in `args`.
+build=1
+args=()
+bench_args() {
+    local last=$1 a
+    shift
+    for a in "$@"; do
+        case "$a" in
+            --no-build) build=0 ;;
+            -h|--help) sed -n "2,${last}p" "$0"; exit 0 ;;
+            *) args+=("$a") ;;
+        esac
+    done
+}
+
 # bench_need_root NAME WHY: exits unless root.
 bench_need_root() {
     if [ "$(id -u)" -ne 0 ]; then

@@ -16,15 +16,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bench_need_root bench/nfs "it starts ganesha and rpcbind, drops the page cache, mounts"
 
-build=1
-args=()
-for a in "$@"; do
-    case "$a" in
-        --no-build) build=0 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
-        *) args+=("$a") ;;
-    esac
-done
+bench_args 15 "$@"
 
 [ $build -eq 1 ] && bench_build bench/nfs
 

@@ -18,23 +18,23 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bench_need_root bench "it drops the page cache, makes a loop device and mounts"
 
-build=1
+bench_args 17 "$@"
+# --fs picks the helper; the rest goes to it.
 helper=bench.py
 want_fs=""
-args=()
-for a in "$@"; do
+rest=()
+for a in "${args[@]}"; do
     if [ "$want_fs" = next ]; then
         want_fs="$a"
         continue
     fi
     case "$a" in
-        --no-build) build=0 ;;
         --fs) want_fs=next ;;
         --fs=*) want_fs="${a#--fs=}" ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-        *) args+=("$a") ;;
+        *) rest+=("$a") ;;
     esac
 done
+args=("${rest[@]}")
 case "$want_fs" in
     ""|ext2) ;;
     ffs) helper=ffs.py ;;
