@@ -381,21 +381,7 @@ impl Client {
     /// [`Client::start`] with the arguments in pieces (a WRITE's header and its data), put
     /// straight into the record: the data is copied once.
     pub fn start_parts(&self, proc_: u32, auth: &Auth, parts: &[&[u8]]) -> Pending {
-        let xid = {
-            let mut st = self.sh.lock();
-            let mut xid = st.next_xid;
-            while xid == 0 || st.calls.contains_key(&xid) {
-                xid = xid.wrapping_add(1);
-            }
-            st.next_xid = xid.wrapping_add(1);
-            xid
-        };
-        let args_len: usize = parts.iter().map(|p| p.len()).sum();
-        let mut e = Enc { buf: Vec::with_capacity(4 + 512 + args_len) };
-        e.u32(0); // the record mark, filled in below
-        e.u32(xid).u32(CALL).u32(RPC_VERS).u32(self.prog).u32(self.vers).u32(proc_);
-        auth.encode(&mut e, xid);
-        e.u32(AUTH_NONE).u32(0); // verifier
+        let (xid, mut e) = self.call_header(proc_, auth, parts.iter().map(|p| p.len()).sum());
         for p in parts {
             e.buf.extend_from_slice(p);
         }
@@ -406,10 +392,36 @@ impl Client {
         } else {
             msg = record_mark(&msg[4..], self.opts.max_frag);
         }
-        self.sh.lock().calls.insert(xid, Call { msg: Arc::new(msg), data: None, pad: 0, sent_gen: 0, reply: None });
-        // Best effort now; `wait` retries whatever did not go out. A server known to be down
-        // is not connected to here (that is the waiters' job, with backoff): `start` is called
-        // with per-file state locked and must not block for long.
+        self.launch(xid, Call { msg: Arc::new(msg), data: None, pad: 0, sent_gen: 0, reply: None })
+    }
+
+    /// A fresh XID and the record of a call to `proc_` up to its arguments (which take about
+    /// `args_len` bytes): a placeholder for the record mark, the call header, the credentials
+    /// and a null verifier.
+    fn call_header(&self, proc_: u32, auth: &Auth, args_len: usize) -> (u32, Enc) {
+        let xid = {
+            let mut st = self.sh.lock();
+            let mut xid = st.next_xid;
+            while xid == 0 || st.calls.contains_key(&xid) {
+                xid = xid.wrapping_add(1);
+            }
+            st.next_xid = xid.wrapping_add(1);
+            xid
+        };
+        let mut e = Enc { buf: Vec::with_capacity(4 + 512 + args_len) };
+        e.u32(0); // the record mark, filled in by the caller
+        e.u32(xid).u32(CALL).u32(RPC_VERS).u32(self.prog).u32(self.vers).u32(proc_);
+        auth.encode(&mut e, xid);
+        e.u32(AUTH_NONE).u32(0); // verifier
+        (xid, e)
+    }
+
+    /// Registers `call` and sends it if a connection is up. Best effort now; `wait` retries
+    /// whatever did not go out. A server known to be down is not connected to here (that is
+    /// the waiters' job, with backoff): a call is started with per-file state locked and must
+    /// not block for long.
+    fn launch(&self, xid: u32, call: Call) -> Pending {
+        self.sh.lock().calls.insert(xid, call);
         if let Ok(conn) = self.try_conn(false, false) {
             self.transmit(xid, &conn);
         }
@@ -430,20 +442,7 @@ impl Client {
     /// arguments before it, its length word included. The data is sent from where it is.
     pub fn start_data(&self, proc_: u32, auth: &Auth, head: &[u8], data: Arc<Vec<u8>>) -> Pending {
         let pad = (4 - data.len() % 4) % 4;
-        let mut e = Enc { buf: Vec::with_capacity(4 + 512 + head.len()) };
-        e.u32(0);
-        let xid = {
-            let mut st = self.sh.lock();
-            let mut xid = st.next_xid;
-            while xid == 0 || st.calls.contains_key(&xid) {
-                xid = xid.wrapping_add(1);
-            }
-            st.next_xid = xid.wrapping_add(1);
-            xid
-        };
-        e.u32(xid).u32(CALL).u32(RPC_VERS).u32(self.prog).u32(self.vers).u32(proc_);
-        auth.encode(&mut e, xid);
-        e.u32(AUTH_NONE).u32(0);
+        let (xid, mut e) = self.call_header(proc_, auth, head.len());
         e.buf.extend_from_slice(head);
         let body = e.buf.len() - 4 + data.len() + pad;
         let call = if body <= self.opts.max_frag.clamp(1, 0x7fff_ffff) {
@@ -455,11 +454,7 @@ impl Client {
             whole.resize(whole.len() + pad, 0);
             Call { msg: Arc::new(record_mark(&whole, self.opts.max_frag)), data: None, pad: 0, sent_gen: 0, reply: None }
         };
-        self.sh.lock().calls.insert(xid, call);
-        if let Ok(conn) = self.try_conn(false, false) {
-            self.transmit(xid, &conn);
-        }
-        Pending(xid)
+        self.launch(xid, call)
     }
 
     /// Forgets a call whose reply nobody will collect.
