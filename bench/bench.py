@@ -80,6 +80,15 @@ def drop_caches():
         f.write("3\n")
 
 
+def git_commit():
+    """The commit measured: its short id, with "+dirty" when tracked files differ from it."""
+    commit = run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True,
+                 text=True).stdout.strip() or "?"
+    dirty = run(["git", "status", "--porcelain", "--untracked-files=no"], check=False,
+                capture_output=True, text=True).stdout.strip()
+    return commit + ("+dirty" if dirty else "")
+
+
 def run(cmd, check=True, **kw):
     return subprocess.run(cmd, check=check, stdin=subprocess.DEVNULL, **kw)
 
@@ -526,13 +535,9 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     work = os.path.abspath(a.work)
 
-    commit = run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True,
-                 text=True).stdout.strip() or "?"
-    dirty = run(["git", "status", "--porcelain", "--untracked-files=no"], check=False,
-                capture_output=True, text=True).stdout.strip()
     meta = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "commit": commit + ("+dirty" if dirty else ""),
+        "commit": git_commit(),
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
         "load_start": open("/proc/loadavg").read().split()[:3],

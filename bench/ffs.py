@@ -32,7 +32,7 @@ import time
 
 sys.dont_write_bytecode = True  # no bench/__pycache__ in the tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import (MiB, WORKLOADS, Abort, Mounter, MountFailed, arg_parser, fmt, log, make_image,  # noqa: E402
+from bench import (MiB, WORKLOADS, Abort, git_commit, Mounter, MountFailed, arg_parser, fmt, log, make_image,  # noqa: E402
                    on_signal, rand_offsets, rand_read, run, seq_read, sha256_of, timed_shell,
                    warm_host_cache)
 
@@ -174,13 +174,9 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     work = os.path.abspath(a.work)
 
-    commit = run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True,
-                 text=True).stdout.strip() or "?"
-    dirty = run(["git", "status", "--porcelain", "--untracked-files=no"], check=False,
-                capture_output=True, text=True).stdout.strip()
     meta = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "commit": commit + ("+dirty" if dirty else ""),
+        "commit": git_commit(),
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
         "load_start": open("/proc/loadavg").read().split()[:3],

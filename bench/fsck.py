@@ -33,7 +33,7 @@ import time
 
 sys.dont_write_bytecode = True  # no bench/__pycache__ from importing bench.py
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import Abort, MiB, arg_parser, drop_caches, log, on_signal, run  # noqa: E402
+from bench import Abort, MiB, arg_parser, drop_caches, git_commit, log, on_signal, run  # noqa: E402
 
 # name, command builder (bin, image) -> argv, image kind
 CHECKERS = [
@@ -199,13 +199,9 @@ def main():
     os.makedirs(work, exist_ok=True)
     os.makedirs(a.out, exist_ok=True)
 
-    commit = run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True,
-                 text=True).stdout.strip() or "?"
-    dirty = run(["git", "status", "--porcelain", "--untracked-files=no"], check=False,
-                capture_output=True, text=True).stdout.strip()
     meta = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "commit": commit + ("+dirty" if dirty else ""),
+        "commit": git_commit(),
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
         "load_start": open("/proc/loadavg").read().split()[:3],

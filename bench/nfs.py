@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 
-from bench import MiB, Abort, Mounter, arg_parser, drop_caches, fmt, log, on_signal, run, timed_shell
+from bench import MiB, Abort, Mounter, arg_parser, drop_caches, git_commit, fmt, log, on_signal, run, timed_shell
 
 NFS_PORT, MNT_PORT = 2049, 20048
 CLIENTS = ["rumpfs", "libnfs"]
@@ -199,13 +199,9 @@ def main():
     sink = f"/dev/shm/rumpfs-bench-nfs-{os.getpid()}"
     source = f"127.0.0.1:{export}"
 
-    commit = run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True,
-                 text=True).stdout.strip() or "?"
-    dirty = run(["git", "status", "--porcelain", "--untracked-files=no"], check=False,
-                capture_output=True, text=True).stdout.strip()
     meta = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "commit": commit + ("+dirty" if dirty else ""), "kernel": platform.release(),
+        "commit": git_commit(), "kernel": platform.release(),
         "cpus": os.cpu_count(), "load_start": open("/proc/loadavg").read().split()[:3],
         "runs": runs, "size_mib": size_mib, "files": nfiles, "rumpfs_bin": os.path.abspath(a.bin),
         "rumpfs_opts": ",".join(ropts),
