@@ -163,6 +163,56 @@ fn listings_sent_ahead_keep_unreadable_directories_closed() {
     m.unmount();
 }
 
+/// Owner and size of `name` as a listing of `dir` shows them: `ls -l` style, the attributes
+/// the kernel took from the READDIRPLUS reply (asked within their time to live).
+fn listed(dir: &Path, name: &str) -> (u32, u32, u64) {
+    let e = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).find(|e| e.file_name() == name).unwrap_or_else(|| panic!("{name} not listed"));
+    let md = e.metadata().unwrap();
+    (md.uid(), md.gid(), md.len())
+}
+
+/// `-o uid=,gid=` sends a fixed identity and shows what it owns as the mounting user's (the
+/// fuse-nfs complaint): the same in a listing as in a stat, and for nothing else.
+#[test]
+fn a_fixed_identity_shows_as_the_mounting_user() {
+    let srv = NfsServer::start();
+    for (f, owner) in [("mapped", 1000), ("other", 2000)] {
+        fs::write(srv.path(f), b"12345").unwrap();
+        std::os::unix::fs::chown(srv.path(f), Some(owner), Some(owner)).unwrap();
+    }
+    let m = mount_nfs(&srv, "rw,uid=1000,gid=1000");
+    let me = (unsafe { libc::getuid() }, unsafe { libc::getgid() });
+    assert_eq!(listed(&m.mnt, "mapped"), (me.0, me.1, 5), "listing of the fixed identity's file");
+    assert_eq!(listed(&m.mnt, "other"), (2000, 2000, 5), "listing of someone else's file");
+    std::thread::sleep(TTL);
+    let md = fs::metadata(m.path("mapped")).unwrap();
+    assert_eq!((md.uid(), md.gid()), me, "stat of the fixed identity's file");
+    // What the mount creates belongs to the fixed identity on the server.
+    fs::write(m.path("new"), b"x").unwrap();
+    let md = fs::metadata(srv.path("new")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1000, 1000), "owner on the server of a file made through the mount");
+    assert_eq!(listed(&m.mnt, "new").0, me.0);
+    m.unmount();
+}
+
+/// `ls -l` while a copy is under way: the listing must show the size written so far, not the
+/// smaller one on the server while the rest waits to be sent.
+#[test]
+fn a_listing_during_a_write_shows_what_was_written() {
+    let srv = NfsServer::start();
+    let m = mount_nfs(&srv, "rw");
+    m.deadline(Duration::from_secs(60), || {
+        let data = random_bytes(5, (3 << 20) + 4321);
+        let mut f = fs::File::create(m.path("growing")).unwrap();
+        f.write_all(&data).unwrap();
+        assert_eq!(listed(&m.mnt, "growing").2, data.len() as u64, "size listed while the file is open");
+        assert_eq!(fs::metadata(m.path("growing")).unwrap().len(), data.len() as u64, "stat after the listing");
+        drop(f);
+        assert_eq!(fs::read(srv.path("growing")).unwrap(), data, "in the export after close");
+    });
+    m.unmount();
+}
+
 #[test]
 fn many_threads_read_and_write_different_files() {
     let srv = NfsServer::start();

@@ -102,6 +102,9 @@ pub struct DirEntry<'a> {
     pub name: &'a [u8],
     /// Cookie that resumes reading *after* this entry.
     pub next: u64,
+    /// Its attributes, where the listing brought them (an NFS READDIRPLUS reply does);
+    /// otherwise a readdirplus asks [`FileSystem::getattr`].
+    pub attr: Option<&'a Attr>,
 }
 
 /// File system statistics (statvfs).

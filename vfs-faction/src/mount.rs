@@ -5,7 +5,7 @@ use crate::component::Mounted;
 use crate::cred::{check_access, Cred, R_OK, W_OK, X_OK};
 use crate::errno::{Errno, KResult};
 use crate::fs::{Attr, DirEntry, FileSystem, FileType, Ino, StatFs, Vnode, NAME_MAX};
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -461,9 +461,17 @@ impl Mount {
                     return sink(e, None);
                 }
             };
-            let accepted = match fs.getattr(&vn) {
+            let asked;
+            let got = match e.attr {
+                Some(a) => Ok(a),
+                None => {
+                    asked = fs.getattr(&vn);
+                    asked.as_ref().map_err(|er| *er)
+                }
+            };
+            let accepted = match got {
                 Ok(attr) => {
-                    let accepted = sink(e, Some(&attr));
+                    let accepted = sink(e, Some(attr));
                     if accepted && !dots {
                         vn.nlookup.fetch_add(1, Ordering::AcqRel);
                     }

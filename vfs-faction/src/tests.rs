@@ -97,7 +97,7 @@ impl FileSystem for TreeFs {
         all.push((self.node(dir.ino.0)?.parent, FileType::Directory, b".."));
         all.extend(kids.iter().map(|n| (n.ino, n.kind, n.name.as_bytes())));
         for (i, (ino, kind, name)) in all.into_iter().enumerate().skip(cookie as usize) {
-            if !sink(&DirEntry { ino: Ino(ino), kind, name, next: i as u64 + 1 }) {
+            if !sink(&DirEntry { ino: Ino(ino), kind, name, next: i as u64 + 1, attr: None }) {
                 break;
             }
         }

@@ -1030,7 +1030,7 @@ impl FileSystem for Ext2Fs {
                 },
             };
             let next = lblk * bs + (r.pos + r.rec_len) as u64;
-            sink(&DirEntry { ino: Ino(u64::from(r.inode)), kind, name: r.name, next })
+            sink(&DirEntry { ino: Ino(u64::from(r.inode)), kind, name: r.name, next, attr: None })
         })
     }
 

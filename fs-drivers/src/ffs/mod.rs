@@ -658,7 +658,7 @@ impl FileSystem for FfsFs {
                 },
             };
             let next = off + r.reclen as u64;
-            sink(&DirEntry { ino: Ino(u64::from(r.ino)), kind, name: r.name, next })
+            sink(&DirEntry { ino: Ino(u64::from(r.ino)), kind, name: r.name, next, attr: None })
         })
     }
 

@@ -23,7 +23,8 @@ use core::net::SocketAddr;
 use core::time::Duration;
 use proto::*;
 use rpc::{Auth, Client, Pending, RpcOpts, SyncConn, AUTH_NONE, AUTH_SYS};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use foldhash::{HashMap, HashMapExt};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use vfs_faction::component::{MountContext, MountError, MountOptions, MountSource, Mounted};
@@ -232,14 +233,42 @@ struct CachedAttr {
     until: Duration,
 }
 
+/// Keeps the name cache below [`NAMES_MAX`]: what has expired goes, or else everything.
+fn make_room(names: &mut HashMap<(u64, Vec<u8>), (u64, Duration)>, now: Duration) {
+    if names.len() >= NAMES_MAX {
+        names.retain(|_, (_, u)| *u > now);
+        if names.len() >= NAMES_MAX {
+            names.clear();
+        }
+    }
+}
+
+/// Caches `fa` until `until`; whether it shows the file changed since the attributes cached
+/// before (size, mtime or ctime).
+fn store_attr(cache: &mut HashMap<u64, CachedAttr>, fa: Fattr, until: Duration) -> bool {
+    let (id, size, mtime, ctime) = (fa.fileid, fa.size, fa.mtime, fa.ctime);
+    cache.insert(id, CachedAttr { fa, until }).is_some_and(|o| o.fa.mtime != mtime || o.fa.size != size || o.fa.ctime != ctime)
+}
+
 /// Entries of a directory listing not handed out yet: they continue at `cookie`; `last` is
 /// the cookie after them, `eof` whether they end the directory.
 struct DirPage {
     cookie: u64,
-    entries: Vec<(Ino, FileType, Vec<u8>, u64)>,
+    entries: Vec<Listed>,
     eof: bool,
     last: u64,
     until: Duration,
+}
+
+/// One entry of a listing. `attr`: what the listing said of it, for READDIRPLUS (fresh from
+/// the server, so the attribute cache need not be asked per entry).
+#[derive(Clone)]
+struct Listed {
+    ino: Ino,
+    kind: FileType,
+    name: Vec<u8>,
+    next: u64,
+    attr: Option<Attr>,
 }
 
 /// Directory read-ahead state (see [`NfsFs::prefetch`]).
@@ -249,6 +278,22 @@ struct Prefetch {
     queue: VecDeque<(u64, Fh)>,
     /// READDIRPLUS calls sent ahead, by directory.
     inflight: HashMap<u64, Ahead>,
+    /// How many may be in flight: from [`PREFETCH_MIN`], doubled each time one is used, up to
+    /// [`PREFETCH_MAX`]; back to the minimum when one goes unused. A walk soon keeps the
+    /// server busy while its client is elsewhere (running stat, say); an `ls -l` of a
+    /// directory of many subdirectories costs the server only a few listings nobody reads.
+    window: usize,
+}
+
+impl Prefetch {
+    fn window(&self) -> usize {
+        self.window.clamp(PREFETCH_MIN, PREFETCH_MAX)
+    }
+
+    /// A listing sent ahead was used.
+    fn hit(&mut self) {
+        self.window = (self.window() * 2).min(PREFETCH_MAX);
+    }
 }
 
 /// A listing sent ahead: the call, or its reply once someone waited for it (the permission
@@ -265,8 +310,9 @@ enum AheadCall {
     Got(rpc::Reply),
 }
 
-/// Directory listings sent ahead at once.
-const PREFETCH_DIRS: usize = 8;
+/// Directory listings sent ahead at once: at first, and at most (see [`Prefetch::window`]).
+const PREFETCH_MIN: usize = 4;
+const PREFETCH_MAX: usize = 32;
 /// Subdirectories remembered for read-ahead.
 const PREFETCH_QUEUE: usize = 4096;
 
@@ -505,7 +551,7 @@ impl NfsFs {
                 rsize,
                 wsize,
                 namemax,
-                handles: Mutex::new(HashMap::from([(root.0, root_fh)])),
+                handles: Mutex::new(HashMap::from_iter([(root.0, root_fh)])),
                 attrs: Mutex::new(HashMap::new()),
                 primed: AtomicBool::new(true),
                 ra: Mutex::new(HashMap::new()),
@@ -553,10 +599,14 @@ impl NfsFs {
     }
 
     fn ttl(&self, fa: &Fattr) -> Duration {
+        self.ttl_at(fa, self.hyper.clock_realtime().sec)
+    }
+
+    /// [`NfsFs::ttl`], the wall clock read already (`now`, seconds).
+    fn ttl_at(&self, fa: &Fattr, now: i64) -> Duration {
         let (lo, hi) = if fa.ftype == 2 { (self.cfg.acdirmin, self.cfg.acdirmax) } else { (self.cfg.acregmin, self.cfg.acregmax) };
         // As Linux: files changed long ago are cached longer.
-        let now = self.hyper.clock_realtime();
-        let age = Duration::from_secs(now.sec.saturating_sub(fa.mtime.sec).max(0) as u64);
+        let age = Duration::from_secs(now.saturating_sub(fa.mtime.sec).max(0) as u64);
         (age / 10).clamp(lo, hi)
     }
 
@@ -570,16 +620,16 @@ impl NfsFs {
     /// Records fresh attributes; cached file data goes when the file changed.
     fn learn_attr(&self, fa: &Fattr) {
         let until = self.hyper.clock_monotonic() + self.ttl(fa);
-        let changed = {
-            let mut a = lock(&self.attrs);
-            let changed = a.get(&fa.fileid).is_some_and(|o| o.fa.mtime != fa.mtime || o.fa.size != fa.size || o.fa.ctime != fa.ctime);
-            a.insert(fa.fileid, CachedAttr { fa: fa.clone(), until });
-            changed
-        };
+        let changed = store_attr(&mut lock(&self.attrs), fa.clone(), until);
         if changed {
-            lock(&self.ra).remove(&fa.fileid);
-            self.forget_listing(fa.fileid);
+            self.file_changed(fa.fileid);
         }
+    }
+
+    /// A file's attributes show a change that is not ours: its cached data and listings go.
+    fn file_changed(&self, fileid: u64) {
+        lock(&self.ra).remove(&fileid);
+        self.forget_listing(fileid);
     }
 
     /// A directory changed: listings of it read ahead or left over are no longer good.
@@ -697,21 +747,48 @@ impl NfsFs {
         self.cfg.acregmin.min(self.cfg.acdirmin).min(Duration::from_secs(1))
     }
 
-    fn remember_name(&self, dir: u64, name: &[u8], fileid: u64) {
-        let ttl = self.name_ttl();
-        if ttl.is_zero() {
+    /// Records the handles, attributes and names that one READDIRPLUS reply brought (each
+    /// `learned` item: a handle, its attributes and the index of its entry), under one lock of
+    /// each table and one reading of the clocks: a reply holds hundreds. The entries get
+    /// their attributes as the mount shows them.
+    fn learn_listing(&self, dir: u64, learned: Vec<(Fh, Fattr, usize)>, entries: &mut [Listed]) {
+        if learned.is_empty() {
             return;
         }
-        let until = self.hyper.clock_monotonic() + ttl;
-        let mut n = lock(&self.names);
-        if n.len() >= NAMES_MAX {
-            let now = self.hyper.clock_monotonic();
-            n.retain(|_, (_, u)| *u > now);
-            if n.len() >= NAMES_MAX {
-                n.clear();
+        let now = self.hyper.clock_monotonic();
+        let real = self.hyper.clock_realtime().sec;
+        let mut attrs = Vec::with_capacity(learned.len());
+        {
+            let mut h = lock(&self.handles);
+            for (fh, fa, i) in learned {
+                h.insert(fa.fileid, fh);
+                attrs.push((fa, i));
             }
         }
-        n.insert((dir, name.to_vec()), (fileid, until));
+        let mut changed = Vec::new();
+        {
+            let mut cache = lock(&self.attrs);
+            for (fa, _) in &attrs {
+                let until = now + self.ttl_at(fa, real);
+                if store_attr(&mut cache, fa.clone(), until) {
+                    changed.push(fa.fileid);
+                }
+            }
+        }
+        for id in changed {
+            self.file_changed(id);
+        }
+        let ttl = self.name_ttl();
+        if !ttl.is_zero() {
+            let mut n = lock(&self.names);
+            make_room(&mut n, now);
+            for (fa, i) in &attrs {
+                n.insert((dir, entries[*i].name.clone()), (fa.fileid, now + ttl));
+            }
+        }
+        for (fa, i) in attrs {
+            entries[i].attr = Some(self.to_attr(&fa));
+        }
     }
 
     /// A name from a recent listing whose handle and attributes are still known.
@@ -840,7 +917,8 @@ impl NfsFs {
             }
             verf = d.verf()?;
             lock(&self.verfs).insert(dir.ino.0, verf);
-            let mut entries: Vec<(Ino, FileType, Vec<u8>, u64)> = Vec::new();
+            let mut entries: Vec<Listed> = Vec::new();
+            let mut learned: Vec<(Fh, Fattr, usize)> = Vec::new();
             let mut n = 0usize;
             let mut last = cookie;
             while d.bool()? {
@@ -873,9 +951,9 @@ impl NfsFs {
                             if fa.ftype == 2 {
                                 subdirs.push((fa.fileid, fh.clone()));
                             }
-                            self.learn(Some(fh), Some(&fa));
-                            self.remember_name(dir.ino.0, name, fa.fileid);
-                            (Ino(fa.fileid), ftype_kind(fa.ftype)?)
+                            let r = (Ino(fa.fileid), ftype_kind(fa.ftype)?);
+                            learned.push((fh, fa, entries.len()));
+                            r
                         }
                         _ => {
                             // No handle or attributes in the reply: look the name up.
@@ -885,9 +963,10 @@ impl NfsFs {
                         }
                     }
                 };
-                entries.push((ino, kind, name.to_vec(), next));
+                entries.push(Listed { ino, kind, name: name.to_vec(), next, attr: None });
             }
             let eof = d.bool()?;
+            self.learn_listing(dir.ino.0, learned, &mut entries);
             self.prefetch_dirs(cred, subdirs);
             if !eof && n == 0 {
                 log::warn!("{}: READDIRPLUS returned no entries and no end of directory", self.name);
@@ -910,7 +989,11 @@ impl NfsFs {
         let a = lock(&self.prefetch).inflight.remove(&dir)?;
         let r = self.ahead_reply(a)?.0;
         // An error (even "busy") is left to the ordinary call.
-        (Dec::new(r.body()).u32().ok() == Some(0)).then_some(r)
+        let good = Dec::new(r.body()).u32().ok() == Some(0);
+        if good {
+            lock(&self.prefetch).hit();
+        }
+        good.then_some(r)
     }
 
     /// The reply of a listing sent ahead, waited for if need be (not for long: on a server
@@ -956,7 +1039,7 @@ impl NfsFs {
     }
 
     /// Queues `subdirs` for read-ahead (before what was queued: a walk goes depth first) and
-    /// keeps [`PREFETCH_DIRS`] listings in flight.
+    /// keeps up to [`Prefetch::window`] listings in flight.
     fn prefetch_dirs(&self, cred: &Cred, subdirs: Vec<(u64, Fh)>) {
         if self.name_ttl().is_zero() {
             return;
@@ -969,13 +1052,14 @@ impl NfsFs {
         for k in stale {
             if let Some(a) = pf.inflight.remove(&k) {
                 self.drop_ahead(a);
+                pf.window = PREFETCH_MIN;
             }
         }
         for sd in subdirs.into_iter().rev() {
             pf.queue.push_front(sd);
         }
         pf.queue.truncate(PREFETCH_QUEUE);
-        while pf.inflight.len() < PREFETCH_DIRS {
+        while pf.inflight.len() < pf.window() {
             let Some((ino, fh)) = pf.queue.pop_front() else { break };
             if pf.inflight.contains_key(&ino) {
                 continue;
@@ -989,15 +1073,20 @@ impl NfsFs {
     }
 
     /// Hands `entries` to the sink; what it refuses is kept in `dirpages` for the next call.
-    fn deliver(&self, dir: &Vnode, entries: Vec<(Ino, FileType, Vec<u8>, u64)>, eof: bool, sink: &mut dyn FnMut(&DirEntry<'_>) -> bool) -> Delivered {
-        let last = entries.last().map(|e| e.3);
-        for (i, (ino, kind, name, next)) in entries.iter().enumerate() {
-            if !sink(&DirEntry { ino: *ino, kind: *kind, name, next: *next }) {
-                let cookie = if i == 0 { None } else { Some(entries[i - 1].3) };
+    fn deliver(&self, dir: &Vnode, mut entries: Vec<Listed>, eof: bool, sink: &mut dyn FnMut(&DirEntry<'_>) -> bool) -> Delivered {
+        let last = entries.last().map(|e| e.next);
+        for i in 0..entries.len() {
+            let e = &entries[i];
+            if !sink(&DirEntry { ino: e.ino, kind: e.kind, name: &e.name, next: e.next, attr: e.attr.as_ref() }) {
+                let cookie = if i == 0 { None } else { Some(entries[i - 1].next) };
                 let ttl = self.name_ttl();
                 if let (Some(cookie), Some(last), false) = (cookie, last, ttl.is_zero()) {
                     let until = self.hyper.clock_monotonic() + ttl;
-                    let rest = entries[i..].to_vec();
+                    let mut rest = entries.split_off(i);
+                    // Handed out later, they show the attributes cached by then.
+                    for e in &mut rest {
+                        e.attr = None;
+                    }
                     let mut pages = lock(&self.dirpages);
                     if pages.len() >= RA_FILES * 4 {
                         pages.clear();

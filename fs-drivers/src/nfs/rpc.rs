@@ -10,7 +10,7 @@
 use super::xdr::{malformed, Dec, Enc};
 use core::net::SocketAddr;
 use core::time::Duration;
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use vfs_faction::hypercall::{ConnectOptions, Socket, ThreadHandle};
