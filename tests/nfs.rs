@@ -213,6 +213,103 @@ fn a_listing_during_a_write_shows_what_was_written() {
     m.unmount();
 }
 
+/// A 1 MiB buffer aligned for O_DIRECT.
+struct Aligned(*mut u8);
+
+impl Aligned {
+    const LAYOUT: std::alloc::Layout = match std::alloc::Layout::from_size_align(1 << 20, 4096) {
+        Ok(l) => l,
+        Err(_) => panic!("bad layout"),
+    };
+    fn new() -> Aligned {
+        // SAFETY: a non-zero size; freed in drop with the same layout.
+        let p = unsafe { std::alloc::alloc_zeroed(Self::LAYOUT) };
+        assert!(!p.is_null());
+        Aligned(p)
+    }
+    fn buf(&mut self) -> &mut [u8] {
+        // SAFETY: the allocation holds LAYOUT.size() initialised bytes and is ours alone.
+        unsafe { std::slice::from_raw_parts_mut(self.0, Self::LAYOUT.size()) }
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        // SAFETY: allocated in new with this layout.
+        unsafe { std::alloc::dealloc(self.0, Self::LAYOUT) }
+    }
+}
+
+/// Two readers taking turns through one file (O_DIRECT, so that every read is a FUSE READ
+/// and an error reaches them): each one's read-ahead must leave alone the READ the other is
+/// waiting for.
+#[test]
+fn readers_taking_turns_through_a_file_get_no_errors() {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const MIB: usize = 1 << 20;
+    let srv = NfsServer::start();
+    let data = random_bytes(11, 48 * MIB);
+    fs::write(srv.path("shared"), &data).unwrap();
+    let m = mount_nfs(&srv, "ro");
+    m.deadline(Duration::from_secs(120), || {
+        for round in 0..3 {
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            std::thread::scope(|s| {
+                for t in 0..2 {
+                    let (m, data, next) = (&m, &data, &next);
+                    s.spawn(move || {
+                        let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(m.path("shared")).unwrap();
+                        let mut b = Aligned::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                            if i * MIB >= data.len() {
+                                break;
+                            }
+                            let n = f.read_at(b.buf(), (i * MIB) as u64).unwrap_or_else(|e| panic!("round {round}, reader {t}, MiB {i}: {e}"));
+                            assert_eq!(n, MIB, "round {round}, MiB {i}: short read");
+                            assert!(b.buf() == &data[i * MIB..(i + 1) * MIB], "round {round}, MiB {i}: wrong bytes");
+                        }
+                    });
+                }
+            });
+        }
+    });
+    m.unmount();
+}
+
+/// A file opened only for writing skips the page cache; a reader that has the file open
+/// (and its pages cached) must still see every write at once, as with a local file.
+#[test]
+fn a_reader_sees_what_a_write_only_opener_writes() {
+    use std::os::unix::fs::FileExt;
+    let srv = NfsServer::start();
+    let old = random_bytes(21, 3 << 20);
+    fs::write(srv.path("f"), &old).unwrap();
+    let m = mount_nfs(&srv, "rw");
+    m.deadline(Duration::from_secs(60), || {
+        let r = fs::File::open(m.path("f")).unwrap();
+        assert_eq!(fs::read(m.path("f")).unwrap(), old);
+        let mut got = vec![0u8; 4096];
+        r.read_exact_at(&mut got, 1 << 20).unwrap();
+        let w = fs::OpenOptions::new().write(true).open(m.path("f")).unwrap();
+        w.write_all_at(b"written while cached", (1 << 20) + 100).unwrap();
+        r.read_exact_at(&mut got, 1 << 20).unwrap();
+        assert_eq!(&got[100..120], b"written while cached", "the reader's cached page");
+        drop(w);
+        let mut a = fs::OpenOptions::new().append(true).open(m.path("f")).unwrap();
+        a.write_all(b"appended").unwrap();
+        assert_eq!(r.metadata().unwrap().len(), old.len() as u64 + 8, "size after an append");
+        let mut tail = [0u8; 8];
+        r.read_exact_at(&mut tail, old.len() as u64).unwrap();
+        assert_eq!(&tail, b"appended");
+    });
+    let mut expect = old.clone();
+    expect[(1 << 20) + 100..(1 << 20) + 120].copy_from_slice(b"written while cached");
+    expect.extend_from_slice(b"appended");
+    assert_eq!(fs::read(srv.path("f")).unwrap(), expect, "in the export");
+    m.unmount();
+}
+
 #[test]
 fn many_threads_read_and_write_different_files() {
     let srv = NfsServer::start();

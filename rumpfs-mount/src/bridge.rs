@@ -198,9 +198,17 @@ impl Bridge {
         }
     }
 
-    fn keep_flag(&self) -> FopenFlags {
+    /// How FUSE is to treat a file opened with `flags`. An image mount keeps the kernel's page
+    /// cache across opens: every change goes through it. A network mount does not (others
+    /// change the files), and there a file opened only for writing bypasses the page cache
+    /// (direct I/O): nothing reads or maps it through that descriptor, the kernel drops the
+    /// cached pages such a write overlaps, and the data goes from the writer's buffer to the
+    /// driver without first being copied into pages nobody will read.
+    fn open_flags(&self, flags: i32) -> FopenFlags {
         if self.keep_cache {
             FopenFlags::FOPEN_KEEP_CACHE
+        } else if flags & libc::O_ACCMODE == libc::O_WRONLY {
+            FopenFlags::FOPEN_DIRECT_IO
         } else {
             FopenFlags::empty()
         }
@@ -299,7 +307,7 @@ impl Filesystem for Bridge {
         match self.as_caller(req, |c| self.mnt.open(c, self.ino(ino), f)) {
             // Every change goes through this mount, and FUSE keeps its page cache in step with
             // the writes it sends us: keep the cache across opens.
-            Ok(vn) => reply.opened(self.new_handle(vn), self.keep_flag()),
+            Ok(vn) => reply.opened(self.new_handle(vn), self.open_flags(flags.0)),
             Err(e) => reply.error(to_errno(e)),
         }
     }
@@ -486,7 +494,7 @@ impl Filesystem for Bridge {
         match r {
             Ok((a, vn)) => {
                 let fh = self.new_handle(vn);
-                reply.created(&self.ttl, &self.attr(&a), Generation(0), fh, self.keep_flag())
+                reply.created(&self.ttl, &self.attr(&a), Generation(0), fh, self.open_flags(flags))
             }
             Err(e) => reply.error(to_errno(e)),
         }

@@ -1265,13 +1265,17 @@ impl NfsFs {
             }
         }
         let m = ra.entry(fileid).or_default();
-        // Chunks wholly before this read are done with.
+        // Chunks wholly before this read are done with: their READs are called off, unless
+        // another FUSE read still waits for one (a reader a little behind this one: parallel
+        // read-ahead requests arrive in any order).
         let first = off - off % cs;
         let old: Vec<u64> = m.range(..first).map(|(k, _)| *k).collect();
         for k in old {
             if let Some(c) = m.remove(&k) {
-                if let ChunkState::Pending(p) = &*lock(&c) {
-                    self.client.cancel(*p);
+                if Arc::strong_count(&c) == 1 {
+                    if let ChunkState::Pending(p) = &*lock(&c) {
+                        self.client.cancel(*p);
+                    }
                 }
             }
         }
