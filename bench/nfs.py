@@ -131,6 +131,15 @@ class Servers:
         self.procs = []
 
 
+def remove_written(path):
+    """Removes the file an earlier write run left on the export, its blocks freed now: ganesha
+    keeps files open in its descriptor cache, so a plain unlink would leave a gigabyte to be
+    freed whenever ganesha closes it, maybe in the middle of a later measurement."""
+    if os.path.exists(path):
+        os.truncate(path, 0)
+        os.unlink(path)
+
+
 def make_file(path, size_mib, seed):
     """size_mib MiB of data, every MiB different (cheap to make; NFS does not compress)."""
     block = hashlib.sha512(str(seed).encode()).digest() * (MiB // 64)
@@ -264,8 +273,7 @@ def main():
 
         def r_write():
             dst = os.path.join(mnt, "w-rumpfs")
-            if os.path.exists(os.path.join(export, "w-rumpfs")):
-                os.unlink(os.path.join(export, "w-rumpfs"))
+            remove_written(os.path.join(export, "w-rumpfs"))
             mount()
             warm(src)
             buf = bytearray(MiB)
@@ -309,8 +317,7 @@ def main():
             return size_mib * MiB / t / 1e6
 
         def l_write():
-            if os.path.exists(os.path.join(export, "w-libnfs")):
-                os.unlink(os.path.join(export, "w-libnfs"))
+            remove_written(os.path.join(export, "w-libnfs"))
             drop_caches()
             warm(src)
             t, p = timed_shell(f"nfs-cp {shlex.quote(src)} {shlex.quote(url)}/w-libnfs")
