@@ -310,6 +310,50 @@ fn a_reader_sees_what_a_write_only_opener_writes() {
     m.unmount();
 }
 
+/// A directory whose listing takes many READDIRPLUS replies (the rest of it is asked for
+/// while the first part is handed out): every name once, in two listings at once, and the
+/// changes made on the server in the next listing.
+#[test]
+fn long_listings_are_whole_and_follow_changes() {
+    use std::collections::BTreeSet;
+    let srv = NfsServer::start();
+    fs::create_dir(srv.path("many")).unwrap();
+    let name = |i: usize| format!("an-entry-with-a-rather-long-name-{i:05}");
+    for i in 0..3000 {
+        fs::write(srv.path(&format!("many/{}", name(i))), i.to_string()).unwrap();
+    }
+    let m = mount_nfs(&srv, "rw");
+    let list = |m: &Mounted| -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        for e in fs::read_dir(m.path("many")).unwrap() {
+            let e = e.unwrap();
+            let n = e.file_name().into_string().unwrap();
+            assert!(e.metadata().unwrap().len() > 0, "{n}: no size");
+            assert!(seen.insert(n.clone()), "{n} listed twice");
+        }
+        seen
+    };
+    m.deadline(Duration::from_secs(120), || {
+        let want: BTreeSet<String> = (0..3000).map(name).collect();
+        std::thread::scope(|s| {
+            let a = s.spawn(|| list(&m));
+            let b = s.spawn(|| list(&m));
+            assert_eq!(a.join().unwrap(), want, "first of two listings at once");
+            assert_eq!(b.join().unwrap(), want, "second of two listings at once");
+        });
+        for i in (0..3000).step_by(30) {
+            fs::remove_file(srv.path(&format!("many/{}", name(i)))).unwrap();
+        }
+        for i in 3000..3100 {
+            fs::write(srv.path(&format!("many/{}", name(i))), b"new").unwrap();
+        }
+        std::thread::sleep(TTL);
+        let want: BTreeSet<String> = (0..3100).filter(|i| *i >= 3000 || i % 30 != 0).map(name).collect();
+        assert_eq!(list(&m), want, "after changes on the server");
+    });
+    m.unmount();
+}
+
 #[test]
 fn many_threads_read_and_write_different_files() {
     let srv = NfsServer::start();

@@ -235,8 +235,11 @@ struct CachedAttr {
     until: Duration,
 }
 
+/// Names from listings: (directory, name) -> (file id, valid until).
+type NameCache = HashMap<(u64, Vec<u8>), (u64, Duration)>;
+
 /// Keeps the name cache below [`NAMES_MAX`]: what has expired goes, or else everything.
-fn make_room(names: &mut HashMap<(u64, Vec<u8>), (u64, Duration)>, now: Duration) {
+fn make_room(names: &mut NameCache, now: Duration) {
     if names.len() >= NAMES_MAX {
         names.retain(|_, (_, u)| *u > now);
         if names.len() >= NAMES_MAX {
@@ -305,6 +308,9 @@ struct Ahead {
     sent: Duration,
     /// Whose credentials it went with.
     auth: Auth,
+    /// Where it starts: 0 for a whole directory, or the cookie where the reply before it
+    /// stopped (the rest of a long listing, asked for while the first part is handed out).
+    cookie: u64,
 }
 
 enum AheadCall {
@@ -416,7 +422,7 @@ pub struct NfsFs {
     /// Names seen in READDIRPLUS replies (directory, name) → (fileid, valid until), so that
     /// the lookups of a walk right after the listing need no LOOKUP each. Kept no longer
     /// than the entry TTL the kernel gets ([`FileSystem::cache_ttl`]).
-    names: Mutex<HashMap<(u64, Vec<u8>), (u64, Duration)>>,
+    names: Mutex<NameCache>,
     /// The rest of a READDIRPLUS reply that one FUSE request could not take, per directory.
     dirpages: Mutex<HashMap<u64, DirPage>>,
     /// Directory read-ahead: the subdirectories a walk will list next get their first
@@ -907,7 +913,7 @@ impl NfsFs {
             let mut e = Enc::new();
             dfh.encode(&mut e);
             e.u64(cookie).fixed(&verf).u32(READDIR_DIRCOUNT).u32(READDIR_MAX);
-            let ahead = if cookie == 0 { self.take_prefetched(dir.ino.0) } else { None };
+            let ahead = self.take_prefetched(dir.ino.0, cookie);
             let r = match ahead {
                 Some(r) => r,
                 None => self.call(cred, procs::READDIRPLUS, &e)?,
@@ -972,6 +978,9 @@ impl NfsFs {
                 entries.push(Listed { ino, kind, name: name.to_vec(), next, attr: None });
             }
             let eof = d.bool()?;
+            if !eof && n > 0 {
+                self.send_rest_ahead(cred, dir.ino.0, &dfh, last, verf);
+            }
             self.learn_listing(dir.ino.0, learned, &mut entries);
             self.prefetch_dirs(cred, subdirs);
             if !eof && n == 0 {
@@ -991,8 +1000,14 @@ impl NfsFs {
     }
 
     /// The READDIRPLUS reply sent ahead for `dir`, if there is a good one.
-    fn take_prefetched(&self, dir: u64) -> Option<rpc::Reply> {
-        let a = lock(&self.prefetch).inflight.remove(&dir)?;
+    fn take_prefetched(&self, dir: u64, cookie: u64) -> Option<rpc::Reply> {
+        let a = {
+            let mut pf = lock(&self.prefetch);
+            if pf.inflight.get(&dir)?.cookie != cookie {
+                return None;
+            }
+            pf.inflight.remove(&dir)?
+        };
         let r = self.ahead_reply(a)?.0;
         // An error (even "busy") is left to the ordinary call.
         let good = Dec::new(r.body()).u32().ok() == Some(0);
@@ -1027,7 +1042,7 @@ impl NfsFs {
     fn listing_allows(&self, dir: u64, auth: &Auth) -> Option<KResult<()>> {
         let a = {
             let mut pf = lock(&self.prefetch);
-            if pf.inflight.get(&dir).is_none_or(|a| a.auth != *auth) {
+            if pf.inflight.get(&dir).is_none_or(|a| a.auth != *auth || a.cookie != 0) {
                 return None;
             }
             pf.inflight.remove(&dir)?
@@ -1036,12 +1051,30 @@ impl NfsFs {
         match Dec::new(r.body()).u32().ok()? {
             0 => {
                 // Kept for the READDIRPLUS to come, unless a listing was sent again meanwhile.
-                lock(&self.prefetch).inflight.entry(dir).or_insert(Ahead { call: AheadCall::Got(r), sent, auth });
+                lock(&self.prefetch).inflight.entry(dir).or_insert(Ahead { call: AheadCall::Got(r), sent, auth, cookie: 0 });
                 Some(Ok(()))
             }
             NFS3ERR_ACCES => Some(Err(Errno::EACCES)),
             _ => None,
         }
+    }
+
+    /// Sends the READDIRPLUS for the rest of a long listing of `dir`, from `cookie`, while the
+    /// part before it is handed out: the next read of the directory finds it under way.
+    fn send_rest_ahead(&self, cred: &Cred, dir: u64, dfh: &Fh, cookie: u64, verf: [u8; 8]) {
+        if self.name_ttl().is_zero() {
+            return;
+        }
+        let mut pf = lock(&self.prefetch);
+        if pf.inflight.contains_key(&dir) {
+            return;
+        }
+        let auth = self.auth(cred);
+        let mut e = Enc::new();
+        dfh.encode(&mut e);
+        e.u64(cookie).fixed(&verf).u32(READDIR_DIRCOUNT).u32(READDIR_MAX);
+        let p = self.client.start(procs::READDIRPLUS, &auth, &e.buf);
+        pf.inflight.insert(dir, Ahead { call: AheadCall::Sent(p), sent: self.hyper.clock_monotonic(), auth, cookie });
     }
 
     /// Queues `subdirs` for read-ahead (before what was queued: a walk goes depth first) and
@@ -1074,7 +1107,7 @@ impl NfsFs {
             fh.encode(&mut e);
             e.u64(0).fixed(&[0u8; 8]).u32(READDIR_DIRCOUNT).u32(READDIR_MAX);
             let p = self.client.start(procs::READDIRPLUS, &auth, &e.buf);
-            pf.inflight.insert(ino, Ahead { call: AheadCall::Sent(p), sent: now, auth: auth.clone() });
+            pf.inflight.insert(ino, Ahead { call: AheadCall::Sent(p), sent: now, auth: auth.clone(), cookie: 0 });
         }
     }
 
