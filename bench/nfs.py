@@ -389,18 +389,37 @@ def main():
         for w, *_ in WORKLOADS:
             vals = [v for v in results[c][w] if v is not None]
             med[(c, w)] = statistics.median(vals) if vals else None
+
+    def by_position(w):
+        """rumpfs/libnfs compared like with like: the runs alternate which client goes first,
+        and the first of a workload can run at half the speed of the second whoever makes it
+        (the write does here), so that a median over all runs falls between the two groups.
+        Returns the ratio of the medians over the runs where each client went first, the same
+        where each went second, and their geometric mean; None without both kinds of run."""
+        r, lb = results["rumpfs"][w], results["libnfs"][w]
+        groups = ([v for i, v in enumerate(r) if v and i % 2 == 0], [v for i, v in enumerate(lb) if v and i % 2 == 1],
+                  [v for i, v in enumerate(r) if v and i % 2 == 1], [v for i, v in enumerate(lb) if v and i % 2 == 0])
+        if not all(groups):
+            return None
+        first = statistics.median(groups[0]) / statistics.median(groups[1])
+        second = statistics.median(groups[2]) / statistics.median(groups[3])
+        return first, second, (first * second) ** 0.5
+
     lines = [f"rumpfs NFS benchmark, {meta['date']}, commit {meta['commit']}",
              f"one nfs-ganesha (VFS FSAL) export on 127.0.0.1, NFSv3 over TCP; file {size_mib} MiB, "
-             f"tree {nfiles} files in {nfiles // 100} dirs; {runs} run(s), medians; clients interleaved",
+             f"tree {nfiles} files in {nfiles // 100} dirs; {runs} run(s), medians; clients interleaved, "
+             "each first in every other run; ratio: each client's median when first against the "
+             "other's when first, the same when second, geometric mean of the two",
              f"host: Linux {meta['kernel']}, {meta['cpus']} CPUs; load average at start "
              f"{' '.join(meta['load_start'])}, at end {' '.join(meta['load_end'])}", ""]
     head = (f"{'workload':<26}{'rumpfs':>10}{'libnfs':>10}{'ratio':>8}  {'target':<22}{'result':>6}"
             f"   libnfs tool / rumpfs how")
     lines += [head, "-" * len(head)]
-    verdicts = {}
+    verdicts, positions = {}, {}
     for w, label, unit, _hb in WORKLOADS:
         a_, b_ = med[("rumpfs", w)], med[("libnfs", w)]
-        ratio = a_ / b_ if a_ and b_ else None
+        positions[w] = by_position(w)
+        ratio = positions[w][2] if positions[w] else (a_ / b_ if a_ and b_ else None)
         if TARGETS[w] is None:
             verdict, target = "info", "none (information)"
         else:
@@ -414,6 +433,13 @@ def main():
         lines.append(f"{label + ' (' + unit + ')':<26}{fmt(a_, unit):>10}{fmt(b_, unit):>10}"
                      f"{'n/a' if ratio is None else f'{ratio:.2f}x':>8}  {target:<22}{verdict:>6}"
                      f"   {LIBNFS_HOW[w]} / {RUMPFS_HOW[w]}")
+    if any(positions.values()):
+        lines += ["", "rumpfs/libnfs: both first, both second; the plain ratio of the medians over all runs:"]
+        for w, label, _u, _hb in WORKLOADS:
+            a_, b_ = med[("rumpfs", w)], med[("libnfs", w)]
+            if positions[w] and a_ and b_:
+                f1, f2, _g = positions[w]
+                lines.append(f"  {label:<24}{f1:6.2f}x {f2:6.2f}x   {a_ / b_:6.2f}x")
     if runs > 1:
         lines += ["", "rumpfs/libnfs within each run (min, median, max):"]
         for w, label, _u, _hb in WORKLOADS:
@@ -435,6 +461,7 @@ def main():
             f.write(text + "\n")
     with open(os.path.join(a.out, f"nfs-results-{stamp}-{tag}.json"), "w") as f:
         json.dump({"meta": meta, "raw": results, "verdicts": verdicts, "checks": checks,
+                   "position_ratios": positions,
                    "medians": {f"{c}/{w}": v for (c, w), v in med.items()},
                    "peak_vmhwm_kb": m.peak}, f, indent=1)
     log(f"results in {a.out}/nfs-results-{stamp}-{tag}.txt and .json")
