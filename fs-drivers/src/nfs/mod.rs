@@ -238,6 +238,14 @@ struct CachedAttr {
 /// Names from listings: (directory, name) -> (file id, valid until).
 type NameCache = HashMap<(u64, Vec<u8>), (u64, Duration)>;
 
+/// The arguments of a READDIRPLUS of the directory `fh` from `cookie`: bounded replies.
+fn readdirplus_args(fh: &Fh, cookie: u64, verf: &[u8; 8]) -> Enc {
+    let mut e = Enc::new();
+    fh.encode(&mut e);
+    e.u64(cookie).fixed(verf).u32(READDIR_DIRCOUNT).u32(READDIR_MAX);
+    e
+}
+
 /// Keeps the name cache below [`NAMES_MAX`]: what has expired goes, or else everything.
 fn make_room(names: &mut NameCache, now: Duration) {
     if names.len() >= NAMES_MAX {
@@ -910,9 +918,7 @@ impl NfsFs {
         let dfh = self.fh_of(dir)?;
         let mut verf = if cookie == 0 { [0u8; 8] } else { lock(&self.verfs).get(&dir.ino.0).copied().unwrap_or([0; 8]) };
         loop {
-            let mut e = Enc::new();
-            dfh.encode(&mut e);
-            e.u64(cookie).fixed(&verf).u32(READDIR_DIRCOUNT).u32(READDIR_MAX);
+            let e = readdirplus_args(&dfh, cookie, &verf);
             let ahead = self.take_prefetched(dir.ino.0, cookie);
             let r = match ahead {
                 Some(r) => r,
@@ -1066,15 +1072,16 @@ impl NfsFs {
             return;
         }
         let mut pf = lock(&self.prefetch);
-        if pf.inflight.contains_key(&dir) {
-            return;
+        if !pf.inflight.contains_key(&dir) {
+            self.send_ahead(&mut pf, dir, dfh, cookie, &verf, self.auth(cred), self.hyper.clock_monotonic());
         }
-        let auth = self.auth(cred);
-        let mut e = Enc::new();
-        dfh.encode(&mut e);
-        e.u64(cookie).fixed(&verf).u32(READDIR_DIRCOUNT).u32(READDIR_MAX);
-        let p = self.client.start(procs::READDIRPLUS, &auth, &e.buf);
-        pf.inflight.insert(dir, Ahead { call: AheadCall::Sent(p), sent: self.hyper.clock_monotonic(), auth, cookie });
+    }
+
+    /// Sends the READDIRPLUS of `dir` from `cookie` ahead and keeps it in `pf`.
+    #[allow(clippy::too_many_arguments)]
+    fn send_ahead(&self, pf: &mut Prefetch, dir: u64, fh: &Fh, cookie: u64, verf: &[u8; 8], auth: Auth, now: Duration) {
+        let p = self.client.start(procs::READDIRPLUS, &auth, &readdirplus_args(fh, cookie, verf).buf);
+        pf.inflight.insert(dir, Ahead { call: AheadCall::Sent(p), sent: now, auth, cookie });
     }
 
     /// Queues `subdirs` for read-ahead (before what was queued: a walk goes depth first) and
@@ -1100,14 +1107,9 @@ impl NfsFs {
         pf.queue.truncate(PREFETCH_QUEUE);
         while pf.inflight.len() < pf.window() {
             let Some((ino, fh)) = pf.queue.pop_front() else { break };
-            if pf.inflight.contains_key(&ino) {
-                continue;
+            if !pf.inflight.contains_key(&ino) {
+                self.send_ahead(&mut pf, ino, &fh, 0, &[0; 8], auth.clone(), now);
             }
-            let mut e = Enc::new();
-            fh.encode(&mut e);
-            e.u64(0).fixed(&[0u8; 8]).u32(READDIR_DIRCOUNT).u32(READDIR_MAX);
-            let p = self.client.start(procs::READDIRPLUS, &auth, &e.buf);
-            pf.inflight.insert(ino, Ahead { call: AheadCall::Sent(p), sent: now, auth: auth.clone(), cookie: 0 });
         }
     }
 
